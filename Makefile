@@ -1,0 +1,37 @@
+# facekd: `make demo` sets up .venv on first use and runs the demo pipeline;
+# `make test` sets up .venv on first use and runs lint + the test suite.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.facekd-installed
+
+.PHONY: setup demo test lint real clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "facekd needs $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/facekd run pipelines/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+# The spine's acceptance run on the real faces in ../shared (2 CPU cores: about 40 minutes).
+real: $(STAMP)
+	$(BIN)/facekd run pipelines/mobilefacenet_to_binary.yaml \
+	  --set data.train=../shared/faces/glint24 --set data.eval=../shared/faces/celeba150 \
+	  --set teacher.checkpoint=../shared/weights/mobilefacenet_casia_068.ckpt
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

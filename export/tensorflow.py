@@ -1,0 +1,49 @@
+"""ONNX -> TensorFlow SavedModel converters, registered by name (one exporter per target)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from faces.registry import Registry
+
+CONVERTERS = Registry("ONNX->TensorFlow converter")
+
+# onnx2tf checks its conversion on a sample batch that it otherwise downloads at run time.
+_ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+@CONVERTERS.register("onnx2tf")
+def onnx2tf_convert(onnx_path: str | os.PathLike, saved_model_dir: str | os.PathLike) -> Path:
+    """Convert with onnx2tf (NHWC graph, BatchNorm folded, no layout transposes)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import onnx2tf
+
+    onnx_path = Path(onnx_path).resolve()
+    saved_model_dir = Path(saved_model_dir).resolve()
+    if saved_model_dir.exists():
+        shutil.rmtree(saved_model_dir)
+    with tempfile.TemporaryDirectory(prefix="facekd-onnx2tf-") as work:
+        sample = np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
+        np.save(Path(work) / _ONNX2TF_SAMPLE, sample)
+        log = io.StringIO()
+        with contextlib.chdir(work), contextlib.redirect_stdout(log):
+            try:
+                onnx2tf.convert(
+                    input_onnx_file_path=str(onnx_path),
+                    output_folder_path=str(saved_model_dir),
+                    non_verbose=True,
+                )
+            except BaseException as exc:  # onnx2tf calls sys.exit on failure
+                raise RuntimeError(
+                    f"onnx2tf failed on {onnx_path}:\n{log.getvalue()[-4000:]}"
+                ) from exc
+    if not (saved_model_dir / "saved_model.pb").exists():
+        raise RuntimeError(f"onnx2tf wrote no SavedModel for {onnx_path} into {saved_model_dir}")
+    return saved_model_dir

@@ -1,0 +1,85 @@
+"""Lightning callbacks shared by the training stages: verification and metric reporting."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from faces.evaluate import evaluate_pairs, torch_embed_fn
+
+MetricSink = Callable[[dict[str, float], int], None]
+"""Receives (metrics, step); the pipeline layer sends them to its tracker."""
+
+
+class VerificationCallback(pl.Callback):
+    """Evaluates the model on verification pairs at the end of every ``every`` epochs."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        pairs: np.ndarray,
+        dataset: str,
+        every: int = 1,
+        model_attr: str = "model",
+    ) -> None:
+        self.images, self.pairs, self.dataset = images, pairs, dataset
+        self.every, self.model_attr = every, model_attr
+        self.last: dict[str, float] = {}
+        self.last_epoch = -1
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every and epoch != trainer.max_epochs:
+            return
+        self.evaluate(module, epoch)
+
+    def evaluate(self, module: pl.LightningModule, epoch: int) -> dict[str, float]:
+        """Verification metrics of the module's model now; remembered as the last result."""
+        model = getattr(module, self.model_attr)
+        was_training = model.training
+        self.last = evaluate_pairs(torch_embed_fn(model), self.images, self.pairs, self.dataset)
+        self.last_epoch = epoch
+        model.train(was_training)
+        return self.last
+
+
+class MetricsCallback(pl.Callback):
+    """Sends the epoch's logged metrics (and verification results) to a sink, step = epoch.
+
+    Place it after the VerificationCallback instances whose results it reports.
+    """
+
+    def __init__(
+        self, sink: MetricSink, verification: list[VerificationCallback] | None = None
+    ) -> None:
+        self.sink = sink
+        self.verification = verification or []
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if torch.is_tensor(v) and v.numel() == 1 and math.isfinite(float(v))
+        }
+        for cb in self.verification:
+            if cb.last_epoch == trainer.current_epoch + 1:
+                metrics.update(cb.last)
+        metrics["epoch"] = trainer.current_epoch + 1
+        self.sink(metrics, trainer.current_epoch + 1)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+def check_finite(loss: torch.Tensor, step: int, batch_idx: int) -> None:
+    """Stop training with the step and batch where the loss stopped being finite."""
+    if not torch.isfinite(loss).all():
+        raise NonFiniteLossError(
+            f"loss is {loss.item()} at global step {step} (batch {batch_idx}); "
+            "training stopped, the last good checkpoint is kept"
+        )

@@ -1,0 +1,44 @@
+"""Input convention shared by every facekd model, stated in one place.
+
+Every teacher and student takes ArcFace-aligned 112x112 RGB crops as a float tensor
+(N, 3, 112, 112) normalised as ``(pixel - 127.5) / 128``. A model trained on another crop
+(MobileFaceNet: 112x96 SphereFace crop) adapts inside its own ``forward``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+IMAGE_SIZE = 112
+PIXEL_MEAN = 127.5
+PIXEL_SCALE = 128.0
+
+
+def normalise(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 (N, 3, H, W) images -> normalised float32 tensor."""
+    t = torch.as_tensor(images)
+    return (t.float() - PIXEL_MEAN) / PIXEL_SCALE
+
+
+def augment(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training augmentations of the field on a uint8 batch (N, 3, H, W).
+
+    Random horizontal flip, a random shift of up to 4 px (pad by edge replication and crop,
+    the small random crop of face training) and a brightness/contrast jitter of +-15%.
+    Returns a uint8 batch of the same shape.
+    """
+    n, _, h, w = images.shape
+    x = images.float()
+    flip = torch.rand(n, generator=generator) < 0.5
+    x[flip] = x[flip].flip(-1)
+    pad = 4
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    brightness = 1 + (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.3
+    contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.3
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean * brightness
+    return x.clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,75 @@
+"""The ``facekd`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+EXIT_BAD_INPUT = 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.config import load_config
+    from pipelines.orchestrator import Orchestrator
+    from pipelines.summary import summary_table
+    from pipelines.tracking import tracking_uri
+
+    config = load_config(args.pipeline, args.set)
+    orch = Orchestrator(config)
+    records = orch.run(only=args.only, start=getattr(args, "from"), force=args.force)
+    print()
+    print(summary_table(records, orch.data.eval_name))
+    print()
+    uri = tracking_uri()
+    if uri.startswith("sqlite:"):
+        print(f"Browse the runs: mlflow ui --backend-store-uri {uri}")
+    else:
+        print(f"Runs are on the tracking server {uri}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facekd",
+        description="Distil face recognition teachers into 1-bit students for Larq Compute Engine.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run", help="run a pipeline YAML (stages: teacher, distill, export, evaluate)"
+    )
+    run.add_argument("pipeline", help="pipeline YAML file, e.g. pipelines/demo.yaml")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a configuration value (repeatable), e.g. distill.train.epochs=3",
+    )
+    run.add_argument("--only", metavar="STAGE", help="run just this stage")
+    run.add_argument("--from", metavar="STAGE", help="run this stage and the ones after it")
+    run.add_argument("--force", action="store_true", help="re-run stages even if up to date")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``facekd`` console script."""
+    from faces.data import FaceDataError
+    from pipelines.config import ConfigError
+    from pipelines.orchestrator import PipelineBusyError
+    from pipelines.tracking import TrackingError
+    from teachers.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FaceDataError, CheckpointError, PipelineBusyError, TrackingError) as exc:
+        print(f"facekd: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

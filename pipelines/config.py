@@ -1,0 +1,230 @@
+"""The pipeline YAML schema: validated in full before any stage runs."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STAGE_ORDER = ("teacher", "distill", "export", "evaluate")
+
+
+class ConfigError(ValueError):
+    """A pipeline file or override is invalid; the message names the file and key path."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class PipelineInfo(Section):
+    name: str
+    experiment: str = "facekd"
+    output_dir: str | None = None
+    seed: int = 0
+
+
+class SyntheticData(Section):
+    identities: int = Field(48, ge=4)
+    images_per_identity: int = Field(16, ge=2)
+    seed: int = 0
+
+
+class DataConfig(Section):
+    train: str = "synthetic"
+    eval: str | None = None
+    eval_name: str | None = None
+    eval_fraction: float = Field(0.25, gt=0, lt=1)
+    eval_pairs: int = Field(3000, ge=20)
+    min_images_per_identity: int = Field(2, ge=1)
+    synthetic: SyntheticData = SyntheticData()
+
+
+class MarginHeadConfig(Section):
+    name: Literal["arcface", "cosface", "combined"] = "arcface"
+    s: float = 64.0
+    m: float | None = None
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(5.0, gt=0)
+    precision: str = "auto"
+    eval_every: int = Field(1, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+
+
+class TeacherTrainConfig(TrainConfig):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    warmup_epochs: float = Field(1.0, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    head: MarginHeadConfig = MarginHeadConfig()
+
+
+class DistillTrainConfig(TrainConfig):
+    lr: float = Field(2e-3, gt=0)
+
+
+class TeacherConfig(Section):
+    model: str = "vit_face_micro"
+    args: dict[str, Any] = {}
+    checkpoint: str | None = None
+    train: TeacherTrainConfig = TeacherTrainConfig()
+
+
+class DistillConfig(Section):
+    student: str = "birealface"
+    args: dict[str, Any] = {}
+    losses: dict[str, float] = {"cosine": 1.0}
+    unlabelled: list[str] = []
+    train: DistillTrainConfig = DistillTrainConfig()
+
+    @field_validator("losses")
+    @classmethod
+    def _known_losses(cls, v: dict[str, float]) -> dict[str, float]:
+        from distill.losses import DISTILL_LOSSES
+
+        for name in v:
+            if name not in DISTILL_LOSSES:
+                raise ValueError(
+                    f"unknown loss {name!r}; known: {', '.join(DISTILL_LOSSES.names())}"
+                )
+        if not v:
+            raise ValueError("at least one loss is needed")
+        return v
+
+
+class ExportConfig(Section):
+    converter: Literal["onnx2tf"] = "onnx2tf"
+    allow_partial: bool = False
+    probe_images: int = Field(32, ge=1)
+
+
+class EvaluateConfig(Section):
+    runs: int = Field(50, ge=1)
+    warmup: int = Field(10, ge=0)
+    threads: int = Field(1, ge=1)
+
+
+class PipelineConfig(Section):
+    pipeline: PipelineInfo
+    stages: list[Literal["teacher", "distill", "export", "evaluate"]] = list(STAGE_ORDER)
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    distill: DistillConfig = DistillConfig()
+    export: ExportConfig = ExportConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _stage_order(self) -> PipelineConfig:
+        order = [STAGE_ORDER.index(s) for s in self.stages]
+        if order != sorted(order) or len(set(order)) != len(order):
+            raise ValueError(f"stages must be distinct and in the order {list(STAGE_ORDER)}")
+        if not self.stages:
+            raise ValueError("no stages")
+        return self
+
+    def output_dir(self) -> Path:
+        return Path(self.pipeline.output_dir or Path("runs") / self.pipeline.name)
+
+
+def _format_errors(path: str | os.PathLike, err: ValidationError) -> str:
+    lines = [f"{path}: invalid pipeline configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(
+            f"  {loc}: {msg}"
+            + (
+                f" (got {e['input']!r})"
+                if e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict)
+                else ""
+            )
+        )
+    return "\n".join(lines)
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a raw config dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY.PATH=VALUE")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {assignment!r}: empty key in {key!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {value!r} is not valid YAML: {exc}") from None
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a mapping")
+        node = child
+    node[parts[-1]] = parsed
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read, override and validate a pipeline file; ConfigError names the file and key path."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"pipeline file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read pipeline file {path}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = copy.deepcopy(raw)
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    try:
+        config = PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(path, err)) from None
+    _resolve_paths(config, path)
+    return config
+
+
+def _resolve_paths(config: PipelineConfig, source: Path) -> None:
+    """Check that the files and folders a config names exist (relative to the cwd)."""
+    data = config.data
+    for key, value in (("data.train", data.train), ("data.eval", data.eval)):
+        if value and value != "synthetic" and not Path(value).is_dir():
+            raise ConfigError(f"{source}: {key}: folder {value} does not exist")
+    for i, folder in enumerate(config.distill.unlabelled):
+        if not Path(folder).is_dir():
+            raise ConfigError(f"{source}: distill.unlabelled[{i}]: folder {folder} does not exist")
+    ckpt = config.teacher.checkpoint
+    if ckpt and "teacher" in config.stages and not Path(ckpt).is_file():
+        raise ConfigError(f"{source}: teacher.checkpoint: file {ckpt} does not exist")
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts/lists into ``a.b.c`` keys (MLflow params)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    out: dict[str, Any] = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = value
+    return out

@@ -1,0 +1,267 @@
+"""Runs a pipeline: fingerprints, cache of finished stages, MLflow runs, lock, summary."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from pipelines.artifacts import atomic_write_json, file_hash
+from pipelines.config import STAGE_ORDER, ConfigError, PipelineConfig, flatten
+from pipelines.data import DataContext
+
+RECORD = "stage.json"
+
+
+class PipelineBusyError(RuntimeError):
+    """Another facekd run holds the output folder."""
+
+
+@dataclass
+class StagePlan:
+    name: str
+    fingerprint: str = ""
+    cached: bool = False
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@contextmanager
+def output_lock(output_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the output folder for the whole invocation."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(output_dir / ".lock", "w")  # noqa: SIM115 - held for the block
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise PipelineBusyError(
+            f"another facekd run is using {output_dir} (lock {output_dir / '.lock'}); "
+            "wait for it to finish or choose another pipeline.output_dir"
+        ) from None
+    try:
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+class Orchestrator:
+    """Plans and runs the stages of one pipeline configuration."""
+
+    def __init__(self, config: PipelineConfig, log: Any = print) -> None:
+        from pipelines.stages import STAGES
+
+        self.config = config
+        self.output_dir = config.output_dir()
+        self.data = DataContext(config, self.output_dir)
+        self.stages = STAGES
+        self.log = log
+
+    # -- planning -------------------------------------------------------------------------
+    def stage_dir(self, name: str) -> Path:
+        return self.output_dir / name
+
+    def read_record(self, name: str) -> dict[str, Any] | None:
+        path = self.stage_dir(name) / RECORD
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def _upstream_hashes(self, name: str, produced: dict[str, dict[str, Any]]) -> dict[str, str]:
+        stage = self.stages[name]
+        hashes = {}
+        for art in stage.needs:
+            if art not in produced:
+                owner = next((s for s in STAGE_ORDER if art in self.stages[s].produces), "?")
+                raise ConfigError(
+                    f"stage {name!r} needs {art!r} from stage {owner!r}: run "
+                    f"`facekd run ... --only {owner}` (or the whole pipeline) first"
+                )
+            hashes[art] = produced[art]["sha256"]
+        return hashes
+
+    def fingerprint(self, name: str, produced: dict[str, dict[str, Any]]) -> str:
+        stage = self.stages[name]
+        return _hash(
+            {
+                "stage": name,
+                "settings": stage.settings(self.config),
+                "data": self.data.fingerprint(),
+                "external": stage.external_inputs(self.config),
+                "inputs": self._upstream_hashes(name, produced),
+                "seed": self.config.pipeline.seed,
+                "facekd": version("facekd"),
+            }
+        )
+
+    @staticmethod
+    def outputs_intact(record: dict[str, Any]) -> bool:
+        for out in record.get("outputs", {}).values():
+            p = Path(out["path"])
+            if not p.exists() or file_hash(p) != out["sha256"]:
+                return False
+        return True
+
+    def plan(
+        self, selected: list[str], force: bool
+    ) -> tuple[list[StagePlan], dict[str, dict[str, Any]]]:
+        """Decide which stages run; earlier stages' records provide inputs to later ones."""
+        produced: dict[str, dict[str, Any]] = {}
+        plans: list[StagePlan] = []
+        for name in self.config.stages:
+            record = self.read_record(name)
+            if name not in selected:
+                if record and self.outputs_intact(record):
+                    produced.update(record["outputs"])
+                continue
+            fp = self.fingerprint(name, produced)
+            cached = (
+                not force
+                and record is not None
+                and record.get("fingerprint") == fp
+                and self.outputs_intact(record)
+            )
+            plan = StagePlan(name, fp, cached, record or {})
+            plans.append(plan)
+            if cached:
+                produced.update(record["outputs"])
+            else:
+                # later fingerprints depend on this stage's outputs: decided once it has run
+                return plans + [
+                    StagePlan(n)
+                    for n in selected
+                    if n not in {p.name for p in plans}
+                    and STAGE_ORDER.index(n) > STAGE_ORDER.index(name)
+                ], produced
+        return plans, produced
+
+    # -- running --------------------------------------------------------------------------
+    def run(
+        self, only: str | None = None, start: str | None = None, force: bool = False
+    ) -> dict[str, dict[str, Any]]:
+        """Run the selected stages; returns the records of all stages of the pipeline."""
+        selected = list(self.config.stages)
+        for flag, value in (("--only", only), ("--from", start)):
+            if value is not None and value not in selected:
+                raise ConfigError(
+                    f"{flag} {value}: not a stage of this pipeline ({', '.join(selected)})"
+                )
+        if only:
+            selected = [only]
+        elif start:
+            selected = selected[selected.index(start) :]
+
+        with output_lock(self.output_dir):
+            plans, produced = self.plan(selected, force)
+            todo = [p for p in plans if not p.cached]
+            for p in plans:
+                if p.cached:
+                    self.log(f"[{p.name}] up to date (fingerprint {p.fingerprint[:12]}), skipped")
+            if not todo:
+                self.log(
+                    f"nothing to do: all {len(plans)} selected stage(s) are up to date "
+                    "(use --force to re-run)"
+                )
+                return self.records()
+            from pipelines.tracking import Tracker
+
+            tracker = Tracker(self.config.pipeline.experiment)
+            tags = {
+                "facekd.pipeline": self.config.pipeline.name,
+                "facekd.output_dir": str(self.output_dir.resolve()),
+                "facekd.command": " ".join(sys.argv),
+            }
+            with tracker.parent_run(self.config.pipeline.name, tags) as parent_id:
+                self.log(f"MLflow: {tracker.uri} run {parent_id}")
+                for plan in plans:
+                    if plan.cached:
+                        continue
+                    plan.fingerprint = self.fingerprint(plan.name, produced)
+                    old = self.read_record(plan.name)
+                    if (
+                        not force
+                        and old
+                        and old.get("fingerprint") == plan.fingerprint
+                        and self.outputs_intact(old)
+                    ):
+                        self.log(f"[{plan.name}] up to date, skipped")
+                        produced.update(old["outputs"])
+                        continue
+                    record = self._execute(plan, produced, tracker, parent_id)
+                    produced.update(record["outputs"])
+        return self.records()
+
+    def _execute(
+        self, plan: StagePlan, produced: dict[str, dict[str, Any]], tracker: Any, parent_id: str
+    ) -> dict[str, Any]:
+        from pipelines.stages import StageContext
+
+        name = plan.name
+        stage = self.stages[name]
+        stage_dir = self.stage_dir(name)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        running = stage_dir / "running.json"
+        previous = None
+        if running.exists():
+            previous = json.loads(running.read_text()).get("fingerprint")
+        if previous != plan.fingerprint and (stage_dir / "checkpoints").exists():
+            shutil.rmtree(stage_dir / "checkpoints")  # checkpoints of other settings
+        (stage_dir / RECORD).unlink(missing_ok=True)
+        atomic_write_json(running, {"fingerprint": plan.fingerprint, "pid": os.getpid()})
+        inputs = {k: Path(v["path"]) for k, v in produced.items()}
+        t0 = time.time()
+        self.log(f"[{name}] running ...")
+        with tracker.stage_run(name, {"facekd.fingerprint": plan.fingerprint}) as run:
+            params = flatten(stage.settings(self.config), f"{name}.")
+            params.update(flatten(self.config.data.model_dump(), "data."))
+            params.update(
+                {
+                    "pipeline.name": self.config.pipeline.name,
+                    "pipeline.seed": self.config.pipeline.seed,
+                }
+            )
+            run.params(params)
+            ctx = StageContext(self.config, self.data, stage_dir, inputs, run)
+            result = stage.run(ctx)
+            seconds = time.time() - t0
+            metrics = {**result.metrics, f"time.{name}_s": seconds}
+            run.metrics(metrics)
+            for path in result.outputs.values():
+                run.artifact(path)
+            record = {
+                "stage": name,
+                "fingerprint": plan.fingerprint,
+                "metrics": metrics,
+                "outputs": {
+                    k: {"path": str(Path(p).resolve()), "sha256": file_hash(p)}
+                    for k, p in result.outputs.items()
+                },
+                "mlflow_run_id": run.run_id,
+                "mlflow_parent_run_id": parent_id,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "seconds": seconds,
+            }
+        atomic_write_json(stage_dir / RECORD, record)
+        running.unlink(missing_ok=True)
+        self.log(f"[{name}] done in {seconds:.0f} s")
+        return record
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        return {n: r for n in self.config.stages if (r := self.read_record(n)) is not None}

@@ -1,0 +1,75 @@
+"""The table printed at the end of a pipeline run: teacher vs exported student."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _size(n: float | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def summary_table(records: dict[str, dict[str, Any]], eval_name: str) -> str:
+    """Teacher vs student rows from the stage records (works when stages were cached)."""
+    t = records.get("teacher", {}).get("metrics", {})
+    d = records.get("distill", {}).get("metrics", {})
+    x = records.get("export", {}).get("metrics", {})
+    e = records.get("evaluate", {}).get("metrics", {})
+    key = f"verify.{eval_name}"
+
+    def acc(m: dict[str, Any]) -> str:
+        if f"{key}.acc" not in m:
+            return "-"
+        return f"{m[f'{key}.acc']:.4f} +- {m.get(f'{key}.acc_std', 0):.4f}"
+
+    rows = [
+        ("", "teacher", "student (PyTorch)", "student (LCE .tflite)"),
+        (f"{eval_name} 10-fold acc", acc(t), acc(d), acc(e)),
+        (
+            "ROC AUC",
+            _fmt(t.get(f"{key}.auc"), ".4f"),
+            _fmt(d.get(f"{key}.auc"), ".4f"),
+            _fmt(e.get(f"{key}.auc"), ".4f"),
+        ),
+        (
+            "TAR @ FAR=1e-3",
+            _fmt(t.get(f"{key}.tar_far1e-3"), ".4f"),
+            _fmt(d.get(f"{key}.tar_far1e-3"), ".4f"),
+            _fmt(e.get(f"{key}.tar_far1e-3"), ".4f"),
+        ),
+        ("params", _fmt(t.get("model.params"), ",.0f"), _fmt(d.get("model.params"), ",.0f"), ""),
+        (
+            "size",
+            _size(t.get("model.size_bytes")) + " (fp32)",
+            "",
+            _size(x.get("model.size_bytes") or e.get("model.size_bytes")),
+        ),
+        (
+            "latency p50, 1 thread",
+            _fmt(e.get("bench.teacher_latency_ms_p50"), ".2f") + " ms (ONNX Runtime)",
+            "",
+            _fmt(e.get("bench.latency_ms_p50"), ".2f") + " ms (LCE)",
+        ),
+        (
+            "float twin latency",
+            "",
+            "",
+            _fmt(e.get("bench.float_latency_ms_p50"), ".2f") + " ms (TFLite)",
+        ),
+        ("speedup vs float", "", "", _fmt(e.get("bench.speedup_vs_float"), ".2f") + "x"),
+        ("LceBconv2d coverage", "", "", _fmt(x.get("export.bconv_coverage"), ".2f")),
+        ("cosine min PyTorch/LCE", "", "", _fmt(x.get("export.cosine_min"), ".5f")),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Lightning fitting shared by the training stages: loaders, checkpoints, resume, reporting."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset
+
+from faces.callbacks import MetricsCallback, MetricSink, VerificationCallback
+from pipelines.config import TrainConfig
+from pipelines.data import DataContext
+
+
+def _precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def fit(
+    module: pl.LightningModule,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    data: DataContext,
+    stage_dir: Path,
+    sink: MetricSink,
+    seed: int,
+) -> dict[str, float]:
+    """Train ``module`` on ``dataset``; resumes from ``stage_dir/checkpoints/last.ckpt``.
+
+    Verification on the evaluation pairs runs every ``cfg.eval_every`` epochs and at the end;
+    every epoch's metrics go to ``sink``. Returns the last verification metrics.
+    """
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*is not a PyTorch Lightning.*")
+    pl.seed_everything(seed, workers=True, verbose=False)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if len(dataset) < cfg.batch_size:
+        raise ValueError(f"only {len(dataset)} training images for batch size {cfg.batch_size}")
+    loader = DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=0
+    )
+    verification = VerificationCallback(
+        data.eval_images, data.eval_pairs, data.eval_name, every=cfg.eval_every
+    )
+    ckpt_dir = stage_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        save_last=True,
+        save_top_k=0,
+        every_n_epochs=1,
+        save_on_train_epoch_end=True,
+    )
+    trainer = pl.Trainer(
+        max_epochs=cfg.epochs,
+        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+        accelerator="auto",
+        devices=1,
+        precision=_precision(cfg.precision),
+        gradient_clip_val=cfg.grad_clip,
+        logger=False,
+        enable_model_summary=False,
+        enable_progress_bar=os.isatty(2),
+        callbacks=[verification, MetricsCallback(sink, [verification]), checkpoint],
+        num_sanity_val_steps=0,
+        default_root_dir=str(stage_dir),
+    )
+    last = ckpt_dir / "last.ckpt"
+    trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
+    if verification.last_epoch != trainer.current_epoch:  # stopped by max_time, or resumed
+        sink(verification.evaluate(module, trainer.current_epoch), trainer.current_epoch)
+    return verification.last

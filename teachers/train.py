@@ -1,0 +1,76 @@
+"""Teacher training with a margin head (ArcFace by default) as a Lightning module."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from faces.callbacks import check_finite
+from faces.margins import MARGIN_HEADS
+from faces.transforms import augment, normalise
+
+
+class MarginTrainer(pl.LightningModule):
+    """Trains ``model`` (images -> embeddings) with a margin head over ``num_classes`` people.
+
+    AdamW or SGD, linear warm-up then cosine decay per step, gradient clipping is set on the
+    Trainer. ``model`` is the attribute the pipeline exports after training.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        embedding_size: int,
+        num_classes: int,
+        head: dict[str, Any],
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        head = dict(head)
+        self.head = MARGIN_HEADS.create(
+            head.pop("name"), embedding_size=embedding_size, num_classes=num_classes, **head
+        )
+        self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
+        self.warmup_epochs = warmup_epochs
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        images, labels = batch
+        emb = self.model(normalise(augment(images)).to(self.device))
+        logits = self.head(emb, labels)
+        loss = F.cross_entropy(logits, labels)
+        check_finite(loss, self.global_step, batch_idx)
+        acc = (logits.argmax(1) == labels).float().mean()
+        self.log("train.loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train.acc", acc, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        params = list(self.model.parameters()) + list(self.head.parameters())
+        if self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        elif self.optimizer_name == "adamw":
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {self.optimizer_name!r} (adamw or sgd)")
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(total - 1, int(self.warmup_epochs * total / max(1, self.trainer.max_epochs)))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

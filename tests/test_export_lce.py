@@ -1,0 +1,81 @@
+"""The whole export chain on a tiny student: LceBconv2d in the flatbuffer, parity with PyTorch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.runtime import TFLiteRunner
+from export.student_export import export_student
+from export.tflite import flatbuffer_ops, op_histogram
+from students import create_student
+
+pytestmark = pytest.mark.slow
+
+
+def _randomise_bn(model: torch.nn.Module) -> None:
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    args = {"width": 32, "depths": [2, 1], "embedding_size": 16}
+    student = create_student("birealface", **args).eval()
+    _randomise_bn(student)
+    twin = create_student("birealface", binary=False, **args).eval()
+    twin.load_state_dict(student.state_dict())
+    probe = torch.randn(6, 3, 112, 112)
+    out = tmp_path_factory.mktemp("export")
+    result = export_student(student, twin, probe, out)
+    return student, twin, probe, result
+
+
+def test_every_binary_conv_becomes_lce_bconv2d(exported) -> None:
+    _, _, _, result = exported
+    fb = Path(result.lce_tflite).read_bytes()
+    ops = op_histogram(fb)
+    assert ops["LceBconv2d"] == 3
+    assert result.metrics["export.bconv_coverage"] == 1.0
+    assert result.float_layers == []
+    # nothing between the binarizer and the binary conv: no float conv has a +-1 filter left
+    names = [op.name for op in flatbuffer_ops(fb)]
+    assert "TRANSPOSE" not in names and "SELECT_V2" not in names
+    float_ops = op_histogram(Path(result.float_tflite).read_bytes())
+    assert "LceBconv2d" not in float_ops and float_ops["CONV_2D"] >= 3
+    report = json.loads(Path(result.report).read_text())
+    assert report["converter"] == "onnx2tf" and report["bconv_coverage"] == 1.0
+    assert len(report["binary_layers"]) == 3
+
+
+def test_lce_and_float_tflite_match_pytorch(exported) -> None:
+    student, twin, probe, result = exported
+    with torch.no_grad():
+        ref = student(probe).numpy()
+        ref_float = twin(probe).numpy()
+    lce = TFLiteRunner(Path(result.lce_tflite).read_bytes(), binary=True).embed(probe.numpy())
+    flt = TFLiteRunner(Path(result.float_tflite).read_bytes(), binary=False).embed(probe.numpy())
+    np.testing.assert_allclose(lce, ref, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(flt, ref_float, rtol=1e-3, atol=1e-3)
+    assert result.metrics["export.cosine_min"] > 0.9999
+    # the binary model really binarizes: it differs from its float twin
+    assert np.abs(ref - ref_float).max() > 1e-2
+
+
+def test_latency_is_measured(exported) -> None:
+    _, _, _, result = exported
+    speed = TFLiteRunner(Path(result.lce_tflite).read_bytes()).latency(runs=5, warmup=1)
+    assert speed["latency_ms_p50"] > 0 and speed["fps"] == pytest.approx(
+        1000 / speed["latency_ms_p50"]
+    )
