@@ -15,12 +15,13 @@ EmbedFn = Callable[[np.ndarray], np.ndarray]
 
 
 def torch_embed_fn(model: torch.nn.Module) -> EmbedFn:
-    """An EmbedFn running a PyTorch model in eval mode without gradients."""
+    """An EmbedFn running a PyTorch model in eval mode without gradients (channels-last)."""
     model.eval()
 
     def fn(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            return model(torch.from_numpy(batch)).float().numpy()
+            return model(x).float().numpy()
 
     return fn
 

@@ -21,17 +21,19 @@ def normalise(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return (t.float() - PIXEL_MEAN) / PIXEL_SCALE
 
 
-def augment(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment(images: torch.Tensor, generator: torch.Generator | None = None,
+            flip: bool = True) -> torch.Tensor:
     """Training augmentations of the field on a uint8 batch (N, 3, H, W).
 
-    Random horizontal flip, a random shift of up to 4 px (pad by edge replication and crop,
-    the small random crop of face training) and a brightness/contrast jitter of +-15%.
-    Returns a uint8 batch of the same shape.
+    Random horizontal flip (unless ``flip=False``), a random shift of up to 4 px (pad by edge
+    replication and crop, the small random crop of face training) and a brightness/contrast
+    jitter of +-15%. Returns a uint8 batch of the same shape.
     """
     n, _, h, w = images.shape
     x = images.float()
-    flip = torch.rand(n, generator=generator) < 0.5
-    x[flip] = x[flip].flip(-1)
+    if flip:
+        flipped = torch.rand(n, generator=generator) < 0.5
+        x[flipped] = x[flipped].flip(-1)
     pad = 4
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)

@@ -84,6 +84,7 @@ class DistillConfig(Section):
     args: dict[str, Any] = {}
     losses: dict[str, float] = {"cosine": 1.0}
     unlabelled: list[str] = []
+    cache_teacher: bool = True
     train: DistillTrainConfig = DistillTrainConfig()
 
     @field_validator("losses")

@@ -111,8 +111,15 @@ class Orchestrator:
             }
         )
 
-    @staticmethod
-    def outputs_intact(record: dict[str, Any]) -> bool:
+    def outputs_intact(self, record: dict[str, Any]) -> bool:
+        """All artifacts the stage produces are recorded, present and unchanged."""
+        produces = (
+            self.stages[record.get("stage", "")].produces
+            if record.get("stage") in self.stages
+            else ()
+        )
+        if not set(produces) <= set(record.get("outputs", {})):
+            return False
         for out in record.get("outputs", {}).values():
             p = Path(out["path"])
             if not p.exists() or file_hash(p) != out["sha256"]:

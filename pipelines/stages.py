@@ -7,6 +7,7 @@ is done by ``teachers``, ``students``, ``distill`` and ``export``.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from faces.evaluate import pair_scores, torch_embed_fn, verify_metrics
 from faces.verification import roc_curve, save_roc_plot
@@ -42,7 +43,7 @@ class StageResult:
     metrics: dict[str, float]
 
 
-class Stage:
+class Stage(ABC):
     """Base class: ``needs`` artifacts of earlier stages, ``produces`` named artifacts."""
 
     name: ClassVar[str]
@@ -57,8 +58,9 @@ class Stage:
         """Hashes of files named in the config (not produced by a stage)."""
         return {}
 
+    @abstractmethod
     def run(self, ctx: StageContext) -> StageResult:
-        raise NotImplementedError
+        """Do the stage's work in ``ctx.stage_dir``; return its artifacts and metrics."""
 
 
 def count_params(model: nn.Module) -> int:
@@ -153,7 +155,7 @@ class DistillStage(Stage):
     produces = ("student",)
 
     def run(self, ctx: StageContext) -> StageResult:
-        from distill.module import EmbeddingDistiller
+        from distill.module import EmbeddingDistiller, teacher_embeddings
         from pipelines.training import fit
         from students.registry import create_student
 
@@ -168,12 +170,13 @@ class DistillStage(Stage):
                 f"teacher's embeddings have {embedding} dimensions"
             )
         student = create_student(cfg.student, **args)
-        dataset: Any = ctx.data.train_dataset
+        images = ctx.data.train_dataset.images
         if cfg.unlabelled:
-            extra = ctx.data.unlabelled_images(cfg.unlabelled)
-            dataset = ConcatDataset([dataset, TensorDataset(extra, torch.full((len(extra),), -1))])
+            images = torch.cat([images, ctx.data.unlabelled_images(cfg.unlabelled)])
+        dataset = TensorDataset(images, torch.arange(len(images)))
+        cached = teacher_embeddings(teacher, images) if cfg.cache_teacher else None
         module = EmbeddingDistiller(
-            student, teacher, cfg.losses, cfg.train.lr, cfg.train.weight_decay
+            student, teacher, cfg.losses, cfg.train.lr, cfg.train.weight_decay, cached
         )
         metrics = fit(
             module,

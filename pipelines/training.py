@@ -55,7 +55,7 @@ def fit(
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
         save_last=True,
-        save_top_k=0,
+        save_top_k=1,
         every_n_epochs=1,
         save_on_train_epoch_end=True,
     )

@@ -246,3 +246,35 @@ def test_nan_teacher_raises_with_step_and_batch() -> None:
     assert "global step 5" in msg
     assert "(batch 1)" in msg
     assert teacher.calls == 6
+
+
+def test_cached_teacher_embeddings_drive_training_without_running_the_teacher():
+    """With cached targets the teacher is never called and the student still learns."""
+    from distill.module import teacher_embeddings
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 112, 112), dtype=torch.uint8)
+    teacher = _teacher().eval()
+    cached = teacher_embeddings(teacher, images, batch_size=8)
+    assert cached.shape == (16, 2, EMB)
+    with torch.no_grad():
+        x = normalise(images[:4])
+        torch.testing.assert_close(cached[:4, 0], teacher(x))
+        torch.testing.assert_close(cached[:4, 1], teacher(x.flip(-1)))
+
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    student = create_student("birealface", width=32, depths=[1, 1, 1], embedding_size=EMB)
+    module = EmbeddingDistiller(student, teacher, {"cosine": 1.0}, lr=5e-3, cached=cached)
+    loader = DataLoader(TensorDataset(images, torch.arange(16)), batch_size=8, shuffle=True)
+    trainer = pl.Trainer(
+        max_steps=6,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, loader)
+    assert calls == []
+    assert torch.isfinite(trainer.callback_metrics["train.loss"])

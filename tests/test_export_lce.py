@@ -79,3 +79,22 @@ def test_latency_is_measured(exported) -> None:
     assert speed["latency_ms_p50"] > 0 and speed["fps"] == pytest.approx(
         1000 / speed["latency_ms_p50"]
     )
+
+
+def test_layers_left_float_are_named_and_fail_the_export(tmp_path, monkeypatch) -> None:
+    """If LCE fused nothing, the export names every binarized layer and refuses."""
+    import export.student_export as chain
+
+    monkeypatch.setattr(chain, "convert_lce", chain.convert_float)  # no LCE: all convs float
+    torch.manual_seed(0)
+    args = {"width": 32, "depths": [1, 1], "embedding_size": 8}
+    student = create_student("birealface", **args).eval()
+    twin = create_student("birealface", binary=False, **args).eval()
+    with pytest.raises(chain.CoverageError) as err:
+        export_student(student, twin, torch.randn(2, 3, 112, 112), tmp_path)
+    message = str(err.value)
+    assert "only 0 of 2" in message
+    assert "stages.0.conv" in message and "stages.2.conv" in message
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["bconv_coverage"] == 0.0
+    assert sorted(report["float_layers"]) == ["stages.0.conv", "stages.2.conv"]

@@ -103,6 +103,7 @@ def test_pipeline_runs_logs_and_caches(workdir, monkeypatch, capsys) -> None:
     assert "[teacher] up to date" in out and "[distill] running" in out
     assert "[evaluate] running" in out
     record = json.loads((workdir / "runs/tiny/distill/stage.json").read_text())
+    assert (workdir / "runs/tiny/distill/checkpoints/last.ckpt").is_file()  # resumable
     assert record["metrics"]["model.params"] > 0
 
     # --only with --force re-runs just that stage
@@ -124,3 +125,23 @@ def test_bad_config_exits_2_before_running(workdir, monkeypatch, capsys) -> None
     err = capsys.readouterr().err
     assert "distill.epochs: unknown key" in err
     assert main(["run", "tiny.yaml", "--only", "bogus"]) == 2
+
+
+def test_interrupted_stage_resumes_from_its_last_checkpoint(workdir, monkeypatch, capsys) -> None:
+    """A stage whose record is missing but whose checkpoint matches resumes, not restarts."""
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["run", "tiny.yaml", "--only", "teacher"]) == 0
+    stage = workdir / "runs/tiny/teacher"
+    record = json.loads((stage / "stage.json").read_text())
+    assert (stage / "checkpoints/last.ckpt").is_file()
+    # simulate a crash after the last epoch's checkpoint, before the stage finished
+    (stage / "stage.json").unlink()
+    (stage / "running.json").write_text(json.dumps({"fingerprint": record["fingerprint"]}))
+    capsys.readouterr()
+    assert main(["run", "tiny.yaml", "--only", "teacher"]) == 0
+    assert "[teacher] running" in capsys.readouterr().out
+    resumed = json.loads((stage / "stage.json").read_text())
+    assert resumed["fingerprint"] == record["fingerprint"]
+    # resumed at the end of training: the weights are those of the checkpointed run
+    assert resumed["outputs"]["teacher"]["sha256"] == record["outputs"]["teacher"]["sha256"]

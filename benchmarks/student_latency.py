@@ -1,0 +1,81 @@
+"""Side-by-side latency of an exported student: LCE kernels vs its float twin, one run.
+
+Usage: python benchmarks/student_latency.py runs/<pipeline>/export [--runs 100] [--threads 1]
+
+Prints median/p90 latency (batch 1) for the LCE flatbuffer with indirect BGEMM and with LCE's
+default x86 kernel, the float twin in TFLite (XNNPACK) and in ONNX Runtime, and the ratios,
+all measured in the same process one after another. x86 has only LCE's generic kernels: the
+figures are proxies; measure ARM boards with LCE's ``lce_benchmark_model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _ort_latency(path: Path, runs: int, warmup: int, threads: int) -> dict[str, float]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    x = np.random.default_rng(0).standard_normal([1, 3, 112, 112]).astype(np.float32)
+    for _ in range(warmup):
+        sess.run(None, {inp.name: x})
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, {inp.name: x})
+        times.append((time.perf_counter() - t0) * 1000)
+    return {
+        "latency_ms_p50": statistics.median(times),
+        "latency_ms_p90": float(np.percentile(times, 90)),
+    }
+
+
+def main() -> None:
+    from export.runtime import TFLiteRunner
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("export_dir", type=Path)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    d = args.export_dir
+    lce = (d / "student_lce.tflite").read_bytes()
+    flt = (d / "student_float.tflite").read_bytes()
+    rows = {
+        "LCE, indirect BGEMM": TFLiteRunner(lce, args.threads, binary=True).latency(
+            args.runs, args.warmup
+        ),
+        "LCE, default kernel": TFLiteRunner(
+            lce, args.threads, binary=True, indirect_bgemm=False
+        ).latency(args.runs, args.warmup),
+        "float twin, TFLite XNNPACK": TFLiteRunner(flt, args.threads, binary=False).latency(
+            args.runs, args.warmup
+        ),
+        "float twin, ONNX Runtime": _ort_latency(
+            d / "student_float.onnx", args.runs, args.warmup, args.threads
+        ),
+    }
+    base = rows["LCE, indirect BGEMM"]["latency_ms_p50"]
+    print(f"{d}: batch 1, {args.threads} thread(s), {args.runs} runs after {args.warmup} warm-up")
+    print(f"{'runtime':30s} {'p50 ms':>8s} {'p90 ms':>8s} {'vs LCE':>8s}")
+    for name, r in rows.items():
+        print(
+            f"{name:30s} {r['latency_ms_p50']:8.3f} {r['latency_ms_p90']:8.3f} "
+            f"{r['latency_ms_p50'] / base:7.2f}x"
+        )
+    print(f"sizes: LCE {len(lce) / 1e6:.3f} MB, float twin {len(flt) / 1e6:.3f} MB")
+
+
+if __name__ == "__main__":
+    main()
