@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# MTCNN weights for `facekd align` ship in this MIT-licensed wheel; it pins an old torch,
+	# so it is installed without its dependencies (it runs with ours: tests/test_align.py).
+	$(BIN)/pip install --quiet --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
 setup: $(STAMP)

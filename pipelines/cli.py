@@ -10,6 +10,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 EXIT_BAD_INPUT = 2
 
+from pipelines.align_cmd import add_align_parser  # noqa: E402  (after the TF log setting)
+from pipelines.evaluate_cmd import add_eval_parser  # noqa: E402
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.config import load_config
@@ -52,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", metavar="STAGE", help="run this stage and the ones after it")
     run.add_argument("--force", action="store_true", help="re-run stages even if up to date")
     run.set_defaults(func=_cmd_run)
+    add_eval_parser(sub)
+    add_align_parser(sub)
     return parser
 
 

@@ -40,8 +40,9 @@ def _hash(value: Any) -> str:
 
 
 @contextmanager
-def output_lock(output_dir: Path) -> Iterator[None]:
+def output_lock(output_dir: str | os.PathLike) -> Iterator[None]:
     """An exclusive lock on the output folder for the whole invocation."""
+    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     handle = open(output_dir / ".lock", "w")  # noqa: SIM115 - held for the block
     try:

@@ -1,0 +1,139 @@
+"""``facekd eval``: the same metrics from a model artifact, its checkpoint and its ONNX export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from faces.data import FaceDataError, make_pairs, scan_image_folder
+from pipelines.evaluate_cmd import add_eval_parser, main
+from teachers.checkpoint import CheckpointError
+
+EXIT_BAD_INPUT = 2
+
+
+def _cli(argv: list[str]) -> int:
+    """What ``facekd`` does with a sub-command: parse, run, bad input -> exit code 2."""
+    parser = argparse.ArgumentParser(prog="facekd")
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (FaceDataError, CheckpointError) as exc:
+        print(f"facekd: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from export.onnx_export import export_float_onnx, save_onnx
+    from faces.synthetic import write_synthetic_faces
+    from faces.verification_sets import write_bin
+    from pipelines.artifacts import save_model
+    from teachers.registry import create_teacher
+
+    tmp = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    model = create_teacher("vit_face_micro", embedding_size=32).eval()
+    stage = tmp / "runs" / "tiny" / "teacher"
+    (stage / "checkpoints").mkdir(parents=True)
+    artifact = save_model(
+        stage / "teacher.pt", "teacher", "vit_face_micro", {"embedding_size": 32}, model
+    )
+    lightning = {
+        "epoch": 0,
+        "global_step": 1,
+        "pytorch-lightning_version": "2.6.6",
+        "state_dict": {
+            **{f"model.{k}": v for k, v in model.state_dict().items()},
+            "head.weight": torch.zeros(4, 32),
+        },
+    }
+    torch.save(lightning, stage / "checkpoints" / "last.ckpt")
+    onnx_path = save_onnx(export_float_onnx(model), tmp / "teacher.onnx")
+
+    root = write_synthetic_faces(tmp / "faces", 4, 4, seed=2)
+    index = scan_image_folder(root)
+    pairs = make_pairs(index.labels, 12, seed=0)
+    raw = [(index.paths[i].read_bytes(), index.paths[j].read_bytes()) for i, j, _ in pairs]
+    bin_path = write_bin(tmp / "tiny.bin", raw, pairs[:, 2].astype(bool))
+    return {
+        "artifact": artifact,
+        "ckpt": stage / "checkpoints" / "last.ckpt",
+        "onnx": onnx_path,
+        "bin": bin_path,
+        "folder": root,
+        "n_images": len(np.unique(pairs[:, :2])),  # a .bin's repeated images are kept once
+    }
+
+
+def _json_metrics(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:
+    assert _cli(["eval", *argv, "--json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # one JSON object, nothing else on stdout
+    return json.loads(out[0])
+
+
+def test_artifact_checkpoint_and_onnx_agree(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ["--data", str(files["bin"])]
+    pt = _json_metrics(capsys, [str(files["artifact"]), *data])
+    onnx = _json_metrics(capsys, [str(files["onnx"]), *data])
+    ckpt = _json_metrics(capsys, [str(files["ckpt"]), *data])
+    assert pt["set"] == "tiny" and pt["n_pairs"] == 12 and pt["n_images"] == files["n_images"]
+    assert pt["model_format"] == "facekd artifact" and onnx["model_format"] == "onnx"
+    assert ckpt["model_format"].startswith("lightning checkpoint")
+    keys = {"verify.tiny.acc", "verify.tiny.acc_std", "verify.tiny.auc", "verify.tiny.tar_far1e-3"}
+    assert keys <= set(pt["metrics"])
+    for other in (onnx, ckpt):
+        for k in keys:
+            assert other["metrics"][k] == pytest.approx(pt["metrics"][k], abs=1e-4), k
+
+
+def test_table_output_and_folder_data(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["eval", str(files["artifact"]), "--data", str(files["folder"]), "--n-pairs", "12"]
+    assert _cli(argv) == 0
+    out = capsys.readouterr().out
+    assert "verify.faces.acc" in out and "12 pairs, 6 genuine" in out
+
+
+def test_bad_input_gives_exit_code_2(
+    files: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = [
+        ([str(tmp_path / "missing.pt"), "--data", str(files["bin"])], "does not exist"),
+        ([str(files["artifact"]), "--data", str(tmp_path / "missing.bin")], "does not exist"),
+        ([str(files["bin"]), "--data", str(files["bin"])], "unknown model format"),
+        (
+            [str(files["ckpt"]), "--data", str(files["bin"]), "--args", '{"a": 1}'],
+            "--args goes with",
+        ),
+        ([str(files["artifact"]), "--data", str(files["bin"]), "--arch", "x"], "drop --arch"),
+    ]
+    for argv, message in cases:
+        assert _cli(["eval", *argv]) == EXIT_BAD_INPUT, argv
+        assert message in capsys.readouterr().err
+    lone = tmp_path / "lone" / "checkpoints"
+    lone.mkdir(parents=True)
+    (lone / "last.ckpt").write_bytes(files["ckpt"].read_bytes())
+    assert main([str(lone / "last.ckpt"), "--data", str(files["bin"])]) == EXIT_BAD_INPUT
+    assert "pass --arch NAME" in capsys.readouterr().err
+    args = ["--arch", "vit_face_micro", "--args", '{"embedding_size": 32}']
+    assert main([str(lone / "last.ckpt"), "--data", str(files["bin"]), *args]) == 0
+    capsys.readouterr()
+
+
+def test_json_report_fields(files: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    report = _json_metrics(capsys, [str(files["onnx"]), "--data", str(files["bin"])])
+    assert set(report) >= {"model", "data", "set", "n_images", "n_pairs", "metrics", "seconds"}
+    assert np.isfinite(list(report["metrics"].values())).all()
