@@ -112,6 +112,7 @@ class EvaluateConfig(Section):
     runs: int = Field(50, ge=1)
     warmup: int = Field(10, ge=0)
     threads: int = Field(1, ge=1)
+    instances: int = Field(3, ge=1)
 
 
 class PipelineConfig(Section):

@@ -231,15 +231,20 @@ class EvaluateStage(Stage):
         import onnxruntime as ort
 
         from export.onnx_export import export_float_onnx, save_onnx
-        from export.runtime import TFLiteRunner
+        from export.runtime import TFLiteRunner, measure_latency
 
         cfg = ctx.config.evaluate
         lce_fb = ctx.inputs["lce_tflite"].read_bytes()
         float_fb = ctx.inputs["float_tflite"].read_bytes()
         lce = TFLiteRunner(lce_fb, threads=cfg.threads, binary=True)
-        flt = TFLiteRunner(float_fb, threads=cfg.threads, binary=False)
-        lce_speed = lce.latency(cfg.runs, cfg.warmup)
-        float_speed = flt.latency(cfg.runs, cfg.warmup)
+        timing = {
+            "threads": cfg.threads,
+            "runs": cfg.runs,
+            "warmup": cfg.warmup,
+            "instances": cfg.instances,
+        }
+        lce_speed = measure_latency(lce_fb, binary=True, **timing)
+        float_speed = measure_latency(float_fb, binary=False, **timing)
 
         teacher, _ = load_model(ctx.inputs["teacher"])
         teacher_onnx = save_onnx(export_float_onnx(teacher), ctx.stage_dir / "teacher.onnx")
@@ -265,6 +270,8 @@ class EvaluateStage(Stage):
             **verify,
             "bench.latency_ms_p50": lce_speed["latency_ms_p50"],
             "bench.latency_ms_p90": lce_speed["latency_ms_p90"],
+            "bench.latency_ms_p50_min_instance": lce_speed["latency_ms_p50_min_instance"],
+            "bench.latency_ms_p50_max_instance": lce_speed["latency_ms_p50_max_instance"],
             "bench.fps": lce_speed["fps"],
             "bench.float_latency_ms_p50": float_speed["latency_ms_p50"],
             "bench.float_fps": float_speed["fps"],
