@@ -14,8 +14,9 @@ from faces.transforms import augment, normalise
 
 
 @torch.no_grad()
-def teacher_embeddings(teacher: nn.Module, images: torch.Tensor, batch_size: int = 128
-                       ) -> torch.Tensor:
+def teacher_embeddings(
+    teacher: nn.Module, images: torch.Tensor, batch_size: int = 128
+) -> torch.Tensor:
     """The teacher's embeddings of every image and of its mirror image: (N, 2, D).
 
     Computed once per dataset so that training pays only for the student; the student then
@@ -40,9 +41,15 @@ class EmbeddingDistiller(pl.LightningModule):
     binary networks (Bi-Real Net, QuickNet).
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, losses: dict[str, float],
-                 lr: float = 2e-3, weight_decay: float = 0.0,
-                 cached: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        losses: dict[str, float],
+        lr: float = 2e-3,
+        weight_decay: float = 0.0,
+        cached: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.model = student
         self.teacher = teacher.eval()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,33 +28,201 @@ class FaceDataError(ValueError):
 
 @dataclass(frozen=True)
 class FaceIndex:
-    """The files of an ImageFolder and their identity labels."""
+    """The images of a face set and their identity labels.
+
+    An ImageFolder has one path per image; a RecordIO set (``train.rec``) has no paths but the
+    position of every image in its :class:`~faces.recordio.RecordIOFaces` (``records``).
+    """
 
     root: Path
     paths: tuple[Path, ...]
     labels: np.ndarray  # int64, index into ``identities``
     identities: tuple[str, ...]
+    records: np.ndarray | None = None  # int64 RecordIOFaces positions; None: ImageFolder
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.labels)
 
     def subset(self, identities: Sequence[str]) -> FaceIndex:
         """The images of the named identities only, relabelled 0..k-1."""
-        keep = [self.identities.index(name) for name in identities]
-        remap = {old: new for new, old in enumerate(keep)}
-        rows = [i for i, lab in enumerate(self.labels) if int(lab) in remap]
+        position = {name: i for i, name in enumerate(self.identities)}
+        missing = [name for name in identities if name not in position]
+        if missing:
+            raise ValueError(f"unknown identities: {missing[:5]}")
+        lookup = np.full(len(self.identities), -1, dtype=np.int64)
+        lookup[[position[name] for name in identities]] = np.arange(len(identities))
+        new = lookup[self.labels] if len(self.labels) else self.labels
+        rows = np.flatnonzero(new >= 0)
         return FaceIndex(
             root=self.root,
-            paths=tuple(self.paths[i] for i in rows),
-            labels=np.array([remap[int(self.labels[i])] for i in rows], dtype=np.int64),
+            paths=tuple(self.paths[i] for i in rows) if self.paths else (),
+            labels=new[rows].astype(np.int64),
             identities=tuple(identities),
+            records=None if self.records is None else self.records[rows],
         )
 
 
-def scan_image_folder(root: str | os.PathLike, min_images: int = 1) -> FaceIndex:
+# -- ImageFolder listing with a manifest cache ------------------------------------------------
+MANIFEST_DIR = ".facekd"  # hidden: ignored as a person; its writes leave root's mtime alone
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+# A folder modified this close to (or after) the moment it was listed may still change within
+# the same mtime tick (coarse timestamps): its stamp is not trusted and it is listed again.
+RACY_NS = 2_000_000_000
+
+
+def _user_manifest_path(root: Path) -> Path:
+    """``$XDG_CACHE_HOME/facekd/manifests/<sha of abs path>.json`` (read-only roots)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()
+    return cache / "facekd" / "manifests" / f"{digest}.json"
+
+
+def _writable_dir(path: Path) -> bool:
+    """Writable and not marked read-only (``chmod a-w`` is respected even for root)."""
+    try:
+        return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def manifest_path(root: str | os.PathLike) -> Path:
+    """Where the manifest of ``root`` lives: ``root/.facekd/manifest.json``, or the user cache."""
+    root = Path(root)
+    folder = root / MANIFEST_DIR
+    if _writable_dir(folder) or (_writable_dir(root) and not folder.exists()):
+        return folder / MANIFEST_NAME
+    return _user_manifest_path(root)
+
+
+def _list_person(person: Path) -> list[str]:
+    with os.scandir(person) as it:
+        return sorted(
+            e.name
+            for e in it
+            if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file()
+        )
+
+
+def _list_people(root: Path) -> list[str]:
+    with os.scandir(root) as it:
+        return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
+        return None
+    if not isinstance(data.get("people"), dict):
+        return None
+    return data
+
+
+def _write_manifest(path: Path, data: dict[str, Any]) -> None:
+    """Atomic write; a failure (read-only place, full disk) only costs the cache."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, separators=(",", ":")))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _trusted(mtime_ns: Any, listed_at_ns: Any) -> bool:
+    return (
+        isinstance(mtime_ns, int)
+        and isinstance(listed_at_ns, int)
+        and (mtime_ns < listed_at_ns - RACY_NS)
+    )
+
+
+def list_image_folder(root: str | os.PathLike, cache: bool = True) -> dict[str, list[str]]:
+    """``{person: sorted image file names}`` of ``root/<person>/<image>``, all people.
+
+    With ``cache`` the listing is kept in a manifest (:func:`manifest_path`) stamped with the
+    mtime_ns of the root and of every person folder. A folder's mtime changes when a file in it
+    is added, removed or renamed, so a later call only stats the folders and lists again
+    just those whose stamp changed (or that were modified within ``RACY_NS`` of being listed).
+    Edits of a file's content in place are not seen by the listing (nor meant to be).
+    """
+    root = Path(root)
+    if not cache:
+        return {p: _list_person(root / p) for p in _list_people(root)}
+    if _writable_dir(root) and not (root / MANIFEST_DIR).exists():
+        with contextlib.suppress(OSError):  # before the root stamp: creating it changes it
+            (root / MANIFEST_DIR).mkdir()
+    path = manifest_path(root)
+    old = _read_manifest(path) or {"people": {}}
+    old_people: dict[str, Any] = old["people"]
+    listed_at = time.time_ns()
+    root_mtime = root.stat().st_mtime_ns
+    root_ok = root_mtime == old.get("root_mtime_ns") and _trusted(
+        root_mtime, old.get("listed_at_ns")
+    )
+    names = sorted(old_people) if root_ok else _list_people(root)
+    try:
+        mtimes = {name: (root / name).stat().st_mtime_ns for name in names}
+    except OSError:  # a person folder vanished behind an unchanged root stamp
+        root_ok = False
+        names = _list_people(root)
+        mtimes = {name: (root / name).stat().st_mtime_ns for name in names}
+    people: dict[str, Any] = {}
+    changed = not root_ok
+    for name in names:
+        mtime = mtimes[name]
+        entry = old_people.get(name)
+        if (
+            isinstance(entry, dict)
+            and entry.get("mtime_ns") == mtime
+            and _trusted(mtime, entry.get("listed_at_ns"))
+            and isinstance(entry.get("files"), list)
+        ):
+            people[name] = entry
+            continue
+        files = _list_person(root / name)
+        people[name] = {"mtime_ns": mtime, "listed_at_ns": listed_at, "files": files}
+        changed = True
+    if changed or not path.is_file():
+        _write_manifest(
+            path,
+            {
+                "version": MANIFEST_VERSION,
+                "root": str(root.resolve()),
+                "root_mtime_ns": root_mtime,
+                "listed_at_ns": listed_at,
+                "people": people,
+            },
+        )
+    return {name: list(entry["files"]) for name, entry in people.items()}
+
+
+def listing_fingerprint(root: str | os.PathLike, cache: bool = True) -> str:
+    """A fingerprint of what ``scan_image_folder`` sees: people and file names (manifest).
+
+    Cheap on big folders (no file is stat()ed when the manifest is valid), but blind to
+    edits of a file's content in place; :func:`folder_fingerprint` sees those.
+    """
+    h = hashlib.sha256()
+    for person, files in sorted(list_image_folder(root, cache).items()):
+        for name in files:
+            h.update(f"{person}/{name}\n".encode())
+    return h.hexdigest()
+
+
+def scan_image_folder(
+    root: str | os.PathLike, min_images: int = 1, cache: bool = True
+) -> FaceIndex:
     """List ``root/<person>/<image>`` files; identities with fewer than ``min_images`` are dropped.
 
-    Raises FaceDataError naming the folder when it is missing, not a folder or holds no images.
+    With ``cache`` the listing comes from a manifest when it is still valid (see
+    :func:`list_image_folder`). Raises FaceDataError naming the folder when it is missing, not
+    a folder or holds no images.
     """
     root = Path(root)
     if not root.exists():
@@ -62,14 +234,11 @@ def scan_image_folder(root: str | os.PathLike, min_images: int = 1) -> FaceIndex
     paths: list[Path] = []
     labels: list[int] = []
     identities: list[str] = []
-    for person in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(
-            f for f in person.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-        )
+    for person, files in sorted(list_image_folder(root, cache).items()):
         if len(files) < min_images:
             continue
-        identities.append(person.name)
-        paths.extend(files)
+        identities.append(person)
+        paths.extend(root / person / f for f in files)
         labels.extend([len(identities) - 1] * len(files))
     if not paths:
         raise FaceDataError(
@@ -80,10 +249,16 @@ def scan_image_folder(root: str | os.PathLike, min_images: int = 1) -> FaceIndex
 
 
 def folder_fingerprint(root: str | os.PathLike) -> str:
-    """A cheap content fingerprint of a data folder: relative names, sizes and mtimes."""
+    """A content fingerprint of a data folder: relative names, sizes and mtimes of all files.
+
+    Stats every file (sees edits in place); the manifest folder is left out. For big
+    ImageFolders :func:`listing_fingerprint` is the cheap alternative.
+    """
     root = Path(root)
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):
+        if Path(dirpath) == root and MANIFEST_DIR in dirnames:
+            dirnames.remove(MANIFEST_DIR)
         dirnames.sort()
         for name in sorted(filenames):
             p = Path(dirpath) / name
@@ -118,11 +293,19 @@ def load_images(
 
 
 class FaceImages(Dataset):
-    """Images of a FaceIndex as (uint8 image, label); decoded once and kept in memory."""
+    """Images of a FaceIndex as (uint8 image, label); decoded once and kept in memory.
 
-    def __init__(self, index: FaceIndex, size: int = IMAGE_SIZE) -> None:
+    ``images`` (uint8 (N, 3, size, size), in index order) skips decoding the index's paths:
+    RecordIO sets are decoded by their reader.
+    """
+
+    def __init__(
+        self, index: FaceIndex, size: int = IMAGE_SIZE, images: torch.Tensor | None = None
+    ) -> None:
         self.index = index
-        self.images = load_images(index.paths, size)
+        if images is not None and len(images) != len(index):
+            raise ValueError(f"{len(images)} images for an index of {len(index)}")
+        self.images = load_images(index.paths, size) if images is None else images
         self.labels = torch.from_numpy(index.labels)
 
     def __len__(self) -> int:

@@ -21,8 +21,9 @@ def normalise(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return (t.float() - PIXEL_MEAN) / PIXEL_SCALE
 
 
-def augment(images: torch.Tensor, generator: torch.Generator | None = None,
-            flip: bool = True) -> torch.Tensor:
+def augment(
+    images: torch.Tensor, generator: torch.Generator | None = None, flip: bool = True
+) -> torch.Tensor:
     """Training augmentations of the field on a uint8 batch (N, 3, H, W).
 
     Random horizontal flip (unless ``flip=False``), a random shift of up to 4 px (pad by edge

@@ -35,12 +35,18 @@ class SyntheticData(Section):
 
 
 class DataConfig(Section):
+    """``train``: ``synthetic``, an ImageFolder or a RecordIO folder (``train.rec``/``.idx``);
+    ``eval``: null (held-out people of ``train``), an ImageFolder, an InsightFace ``.bin`` or an
+    LFW-layout folder with ``eval_pairs_file`` (``pairs.txt``)."""
+
     train: str = "synthetic"
     eval: str | None = None
+    eval_pairs_file: str | None = None
     eval_name: str | None = None
     eval_fraction: float = Field(0.25, gt=0, lt=1)
     eval_pairs: int = Field(3000, ge=20)
     min_images_per_identity: int = Field(2, ge=1)
+    preload_max_images: int = Field(200_000, ge=1)
     synthetic: SyntheticData = SyntheticData()
 
 
@@ -205,9 +211,36 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
 def _resolve_paths(config: PipelineConfig, source: Path) -> None:
     """Check that the files and folders a config names exist (relative to the cwd)."""
     data = config.data
-    for key, value in (("data.train", data.train), ("data.eval", data.eval)):
-        if value and value != "synthetic" and not Path(value).is_dir():
-            raise ConfigError(f"{source}: {key}: folder {value} does not exist")
+    train = data.train
+    if train != "synthetic":
+        if not Path(train).exists():
+            raise ConfigError(f"{source}: data.train: folder {train} does not exist")
+        if not Path(train).is_dir():
+            raise ConfigError(
+                f"{source}: data.train: {train} is not a folder (expected an ImageFolder or a "
+                "RecordIO folder with train.rec and train.idx)"
+            )
+        if (Path(train) / "train.rec").is_file() and not (Path(train) / "train.idx").is_file():
+            raise ConfigError(f"{source}: data.train: RecordIO folder {train} has no train.idx")
+    if data.eval:
+        ev = Path(data.eval)
+        if not ev.exists():
+            raise ConfigError(f"{source}: data.eval: {data.eval} does not exist")
+        if ev.is_file() and ev.suffix.lower() != ".bin":
+            raise ConfigError(
+                f"{source}: data.eval: {data.eval} is a file but not an InsightFace .bin "
+                "(expected an ImageFolder, a .bin or a folder with data.eval_pairs_file)"
+            )
+    if data.eval_pairs_file:
+        if not data.eval or not Path(data.eval).is_dir():
+            raise ConfigError(
+                f"{source}: data.eval_pairs_file: needs data.eval to be an image folder "
+                f"(got {data.eval!r})"
+            )
+        if not Path(data.eval_pairs_file).is_file():
+            raise ConfigError(
+                f"{source}: data.eval_pairs_file: file {data.eval_pairs_file} does not exist"
+            )
     for i, folder in enumerate(config.distill.unlabelled):
         if not Path(folder).is_dir():
             raise ConfigError(f"{source}: distill.unlabelled[{i}]: folder {folder} does not exist")

@@ -1,7 +1,15 @@
-"""The data a pipeline run works on: training faces, evaluation people and their pairs."""
+"""The data a pipeline run works on: training faces, evaluation people and their pairs.
+
+``data.train`` is ``synthetic``, an ImageFolder or an InsightFace RecordIO folder (``train.rec``
+and ``train.idx``); training images are decoded into memory once (RecordIO sets up to
+``data.preload_max_images``). ``data.eval`` is null (people held out of ``train``), an
+ImageFolder (pairs drawn with the pipeline seed), an InsightFace ``.bin`` or an LFW-layout
+folder with ``data.eval_pairs_file``; the last two keep the file's pairs and order.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -10,15 +18,68 @@ import numpy as np
 import torch
 
 from faces.data import (
+    FaceDataError,
     FaceImages,
     FaceIndex,
-    folder_fingerprint,
+    listing_fingerprint,
     load_images,
     make_pairs,
     scan_image_folder,
     split_identities,
 )
+from faces.verification_sets import VerificationSet, load_verification_set
 from pipelines.config import PipelineConfig
+
+
+def is_recordio(path: str | Path) -> bool:
+    """Whether ``path`` is a RecordIO training folder (``train.rec`` and ``train.idx``)."""
+    p = Path(path)
+    return (p / "train.rec").is_file() and (p / "train.idx").is_file()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def recordio_fingerprint(root: str | Path) -> dict[str, Any]:
+    """Size and mtime of ``train.rec`` (not read: it can be 100s of GB), hash of index/property."""
+    root = Path(root)
+    out: dict[str, Any] = {}
+    for name in ("train.rec", "train.idx", "property"):
+        p = root / name
+        if p.is_file():
+            st = p.stat()
+            out[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            if name != "train.rec":
+                out[name]["sha256"] = _sha256(p)
+    return out
+
+
+def recordio_index(root: str | Path) -> FaceIndex:
+    """A FaceIndex of a RecordIO set: identities are the class numbers, ``records`` positions."""
+    from faces.recordio import RecordIOFaces
+
+    ds = RecordIOFaces(root)
+    classes, labels = np.unique(ds.labels, return_inverse=True)
+    return FaceIndex(
+        root=Path(root),
+        paths=(),
+        labels=labels.astype(np.int64).reshape(-1),
+        identities=tuple(str(int(c)) for c in classes),
+        records=np.arange(len(ds), dtype=np.int64),
+    )
+
+
+def _with_min_images(index: FaceIndex, min_images: int) -> FaceIndex:
+    counts = np.bincount(index.labels, minlength=len(index.identities))
+    keep = [name for name, n in zip(index.identities, counts, strict=True) if n >= min_images]
+    if not keep:
+        raise FaceDataError(f"{index.root} holds no identities with >= {min_images} images")
+    return index if len(keep) == len(index.identities) else index.subset(keep)
 
 
 class DataContext:
@@ -45,34 +106,79 @@ class DataContext:
         return self._synthetic_root() if value == "synthetic" else Path(value)
 
     @property
+    def train_is_recordio(self) -> bool:
+        return self.cfg.train != "synthetic" and is_recordio(self.cfg.train)
+
+    @property
     def separate_eval(self) -> bool:
         return bool(self.cfg.eval) and self.cfg.eval != self.cfg.train
 
-    def fingerprint(self) -> dict[str, Any]:
-        """What identifies the data without reading it: folder listings and split settings."""
+    @property
+    def eval_is_bin(self) -> bool:
+        return self.separate_eval and Path(str(self.cfg.eval)).is_file()
 
-        def one(value: str | None) -> Any:
-            if value is None:
-                return None
+    @property
+    def fixed_pairs(self) -> bool:
+        """Whether the evaluation pairs come from a file (``.bin`` or ``eval_pairs_file``)."""
+        return self.separate_eval and (self.eval_is_bin or self.cfg.eval_pairs_file is not None)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the data without decoding it: listings, file hashes, split settings.
+
+        ImageFolders are identified by their listing (people and file names, from the manifest
+        cache), so a file's content edited in place without a rename is not noticed (--force).
+        """
+
+        def train(value: str) -> Any:
             if value == "synthetic":
                 return {"synthetic": self.cfg.synthetic.model_dump()}
-            return {"path": str(Path(value).resolve()), "listing": folder_fingerprint(value)}
+            path = str(Path(value).resolve())
+            if is_recordio(value):
+                return {"path": path, "recordio": recordio_fingerprint(value)}
+            return {"path": path, "listing": listing_fingerprint(value)}
+
+        def evaluation(value: str) -> Any:
+            if value == "synthetic":
+                return {"synthetic": self.cfg.synthetic.model_dump()}
+            path = Path(value)
+            if path.is_file():
+                return {"path": str(path.resolve()), "sha256": _sha256(path)}
+            out: dict[str, Any] = {
+                "path": str(path.resolve()),
+                "listing": listing_fingerprint(path),
+            }
+            if self.cfg.eval_pairs_file:
+                pairs = Path(self.cfg.eval_pairs_file)
+                out["pairs_file"] = {"path": str(pairs.resolve()), "sha256": _sha256(pairs)}
+            return out
 
         return {
-            "train": one(self.cfg.train),
-            "eval": one(self.cfg.eval) if self.separate_eval else None,
+            "train": train(self.cfg.train),
+            "eval": evaluation(self.cfg.eval) if self.separate_eval else None,
             "eval_fraction": None if self.separate_eval else self.cfg.eval_fraction,
-            "eval_pairs": self.cfg.eval_pairs,
+            "eval_pairs": None if self.fixed_pairs else self.cfg.eval_pairs,
             "min_images": self.cfg.min_images_per_identity,
             "seed": self.config.pipeline.seed,
         }
 
     # -- identities -----------------------------------------------------------------------
+    def _scan_train(self) -> FaceIndex:
+        if self.train_is_recordio:
+            return _with_min_images(
+                recordio_index(self.cfg.train), self.cfg.min_images_per_identity
+            )
+        return scan_image_folder(self._root(self.cfg.train), self.cfg.min_images_per_identity)
+
     @cached_property
-    def _indices(self) -> tuple[FaceIndex, FaceIndex]:
-        train_all = scan_image_folder(self._root(self.cfg.train), self.cfg.min_images_per_identity)
+    def _indices(self) -> tuple[FaceIndex, FaceIndex | None]:
+        train_all = self._scan_train()
         if self.separate_eval:
-            eval_index = scan_image_folder(self._root(self.cfg.eval), 2)
+            eval_index = None
+            if not self.eval_is_bin:
+                min_images = 1 if self.cfg.eval_pairs_file else 2
+                eval_index = scan_image_folder(self._root(str(self.cfg.eval)), min_images)
+            if eval_index is None or self.train_is_recordio:  # no names to compare
+                return train_all, eval_index
             overlap = set(train_all.identities) & set(eval_index.identities)
             keep = [i for i in train_all.identities if i not in overlap]
             return train_all.subset(keep), eval_index
@@ -86,7 +192,8 @@ class DataContext:
         return self._indices[0]
 
     @property
-    def eval_index(self) -> FaceIndex:
+    def eval_index(self) -> FaceIndex | None:
+        """The evaluation people (held out, or the eval folder); None for a ``.bin``."""
         return self._indices[1]
 
     @property
@@ -94,24 +201,63 @@ class DataContext:
         if self.cfg.eval_name:
             return self.cfg.eval_name
         if self.separate_eval:
-            return Path(self.cfg.eval).resolve().name
-        return (
-            "synthetic"
-            if self.cfg.train == "synthetic"
-            else Path(self.cfg.train).resolve().name + "_heldout"
-        )
+            path = Path(str(self.cfg.eval))
+            return path.stem if path.is_file() else path.resolve().name
+        if self.cfg.train == "synthetic":
+            return "synthetic"
+        return Path(self.cfg.train).resolve().name + "_heldout"
 
     # -- tensors --------------------------------------------------------------------------
+    def _decode(self, index: FaceIndex) -> torch.Tensor:
+        """Decode the images of an index (ImageFolder paths or RecordIO records) into memory."""
+        if index.records is None:
+            return load_images(index.paths)
+        limit = self.cfg.preload_max_images
+        if len(index) > limit:
+            raise FaceDataError(
+                f"RecordIO set {index.root} has {len(index)} images, more than "
+                f"data.preload_max_images = {limit} that are decoded into memory "
+                f"(about {len(index) * 3 * 112 * 112 / 2**30:.1f} GiB); raise "
+                "data.preload_max_images if the memory is there (streaming is not supported yet)"
+            )
+        from faces.recordio import RecordIOFaces
+
+        ds = RecordIOFaces(index.root)
+        out = torch.empty((len(index), 3, ds.size, ds.size), dtype=torch.uint8)
+        try:
+            for i, pos in enumerate(index.records):
+                out[i] = ds[int(pos)][0]
+        finally:
+            ds.close()
+        return out
+
     @cached_property
     def train_dataset(self) -> FaceImages:
-        return FaceImages(self.train_index)
+        index = self.train_index
+        images = self._decode(index) if index.records is not None else None
+        return FaceImages(index, images=images)
+
+    @cached_property
+    def _eval_set(self) -> VerificationSet:
+        return load_verification_set(
+            self._root(str(self.cfg.eval)),
+            pairs_file=self.cfg.eval_pairs_file,
+            n_pairs=self.cfg.eval_pairs,
+            seed=self.config.pipeline.seed,
+        )
 
     @cached_property
     def eval_images(self) -> torch.Tensor:
-        return load_images(self.eval_index.paths)
+        if self.separate_eval:
+            return self._eval_set.images
+        assert self.eval_index is not None
+        return self._decode(self.eval_index)
 
     @cached_property
     def eval_pairs(self) -> np.ndarray:
+        if self.separate_eval:
+            return self._eval_set.pairs
+        assert self.eval_index is not None
         return make_pairs(self.eval_index.labels, self.cfg.eval_pairs, self.config.pipeline.seed)
 
     def unlabelled_images(self, folders: list[str]) -> torch.Tensor:
@@ -124,11 +270,23 @@ class DataContext:
         return load_images(paths)
 
     def probe_batch(self, n: int) -> torch.Tensor:
-        """The first ``n`` evaluation images (one per person first), normalised, for parity."""
+        """The first ``n`` evaluation images, normalised, for parity.
+
+        Held-out people: one image per person first. A verification set (no labels): the first
+        image of every pair in file order first, then the second ones, then any others.
+        """
         from faces.transforms import normalise
 
-        labels = self.eval_index.labels
-        firsts = [int(np.flatnonzero(labels == k)[0]) for k in np.unique(labels)]
-        rest = [i for i in range(len(labels)) if i not in set(firsts)]
-        order = (firsts + rest)[:n]
+        if self.separate_eval:
+            pairs = self.eval_pairs
+            candidates = [*pairs[:, 0].tolist(), *pairs[:, 1].tolist()]
+            candidates += range(len(self.eval_images))
+            order = list(dict.fromkeys(int(i) for i in candidates))[:n]
+        else:
+            assert self.eval_index is not None
+            labels = self.eval_index.labels
+            firsts = [int(np.flatnonzero(labels == k)[0]) for k in np.unique(labels)]
+            first_set = set(firsts)
+            rest = [i for i in range(len(labels)) if i not in first_set]
+            order = (firsts + rest)[:n]
         return normalise(self.eval_images[torch.tensor(order)])

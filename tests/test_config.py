@@ -61,7 +61,7 @@ def test_shipped_demo_pipeline_is_valid() -> None:
     demo = Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml"
     cfg = load_config(demo)
     assert cfg.pipeline.name == "demo"
-    assert cfg.distill.args["depths"] == [1, 1, 1]
+    assert cfg.distill.args["depths"] == [2, 2, 2]
 
 
 def test_missing_pipeline_section_errors(tmp_path: Path) -> None:
