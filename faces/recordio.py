@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import mmap
 import os
 import struct
 import sys
@@ -273,15 +274,17 @@ class RecordIOFaces(Dataset):
         return labels
 
     # -- reading ---------------------------------------------------------------------------
-    def _handle(self) -> io.BufferedReader:
+    def _handle(self) -> mmap.mmap:
+        """The record file memory-mapped read-only, once per process (DataLoader workers)."""
         pid = os.getpid()
         if self._file is None or self._pid != pid:
-            self._file = open(self.rec_path, "rb")  # noqa: SIM115 - kept open for random access
+            with open(self.rec_path, "rb") as f:
+                self._file = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             self._pid = pid
         return self._file
 
     def close(self) -> None:
-        """Close the record file of this process (it reopens on the next read)."""
+        """Unmap the record file of this process (it is mapped again on the next read)."""
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
         self._file = None
@@ -302,17 +305,16 @@ class RecordIOFaces(Dataset):
         if offset is None:
             raise FaceDataError(f"RecordIO index {self.idx_path} has no record {key}")
         f = self._handle()
-        f.seek(offset)
+        size = len(f)
         out = bytearray()
         pos = offset
         while True:
-            head = f.read(8)
-            if len(head) < 8:
+            if pos + 8 > size:
                 raise FaceDataError(
                     f"{self.rec_path} is truncated: record {key} at offset {offset} ends in "
                     f"the middle of a record header (at byte {pos})"
                 )
-            magic, lrec = struct.unpack("<II", head)
+            magic, lrec = struct.unpack_from("<II", f, pos)
             if magic != MAGIC:
                 raise FaceDataError(
                     f"{self.rec_path}: bad magic 0x{magic:08x} at byte {pos} (record {key} at "
@@ -320,13 +322,14 @@ class RecordIOFaces(Dataset):
                 )
             cflag, length = lrec >> 29, lrec & _MAX_LEN
             padded = (length + 3) & ~3
-            body = f.read(padded)
-            if len(body) < padded:
+            if pos + 8 + length > size:
                 raise FaceDataError(
                     f"{self.rec_path} is truncated: record {key} at offset {offset} announces "
-                    f"{length} bytes at byte {pos}, only {len(body)} remain"
+                    f"{length} bytes at byte {pos}, only {size - pos - 8} remain"
                 )
-            out += body[:length]
+            if cflag == 0 and not out:  # the common case: one part, one copy
+                return f[pos + 8 : pos + 8 + length]
+            out += f[pos + 8 : pos + 8 + length]
             pos += 8 + padded
             if cflag in (0, 3):
                 return bytes(out)
