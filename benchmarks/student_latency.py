@@ -12,37 +12,11 @@ LCE's ``lce_benchmark_model``.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
-
-import numpy as np
-
-
-def _ort_latency(path: Path, runs: int, warmup: int, threads: int) -> dict[str, float]:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    x = np.random.default_rng(0).standard_normal([1, 3, 112, 112]).astype(np.float32)
-    for _ in range(warmup):
-        sess.run(None, {inp.name: x})
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, {inp.name: x})
-        times.append((time.perf_counter() - t0) * 1000)
-    return {
-        "latency_ms_p50": statistics.median(times),
-        "latency_ms_p90": float(np.percentile(times, 90)),
-    }
 
 
 def main() -> None:
-    from export.runtime import measure_latency
+    from export.runtime import measure_latency, onnxruntime_latency
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export_dir", type=Path)
@@ -69,8 +43,8 @@ def main() -> None:
         "LCE, indirect BGEMM": measure_latency(lce, binary=True, **timing),
         "LCE, default kernel": measure_latency(lce, binary=True, indirect_bgemm=False, **timing),
         "float twin, TFLite XNNPACK": measure_latency(flt, binary=False, **timing),
-        "float twin, ONNX Runtime": _ort_latency(
-            d / "student_float.onnx", args.runs, args.warmup, args.threads
+        "float twin, ONNX Runtime": onnxruntime_latency(
+            d / "student_float.onnx", threads=args.threads, runs=args.runs, warmup=args.warmup
         ),
     }
     base = rows["LCE, indirect BGEMM"]["latency_ms_p50"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -92,3 +93,26 @@ def measure_latency(
         pooled.extend(t)
         medians.append(statistics.median(t))
     return _summary(pooled, medians)
+
+
+def onnxruntime_latency(
+    path: str | os.PathLike, *, threads: int = 1, runs: int = 50, warmup: int = 10
+) -> dict[str, float]:
+    """Median and p90 latency (ms) of an ONNX model in ONNX Runtime (CPU), batch 1."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    for _ in range(warmup):
+        sess.run(None, {inp.name: x})
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, {inp.name: x})
+        times.append((time.perf_counter() - t0) * 1000)
+    return _summary(times, [])

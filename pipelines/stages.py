@@ -228,10 +228,8 @@ class EvaluateStage(Stage):
     produces = ("evaluation",)
 
     def run(self, ctx: StageContext) -> StageResult:
-        import onnxruntime as ort
-
         from export.onnx_export import export_float_onnx, save_onnx
-        from export.runtime import TFLiteRunner, measure_latency
+        from export.runtime import TFLiteRunner, measure_latency, onnxruntime_latency
 
         cfg = ctx.config.evaluate
         lce_fb = ctx.inputs["lce_tflite"].read_bytes()
@@ -248,11 +246,9 @@ class EvaluateStage(Stage):
 
         teacher, _ = load_model(ctx.inputs["teacher"])
         teacher_onnx = save_onnx(export_float_onnx(teacher), ctx.stage_dir / "teacher.onnx")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = cfg.threads
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(teacher_onnx), opts, providers=["CPUExecutionProvider"])
-        teacher_speed = _ort_latency(sess, cfg.runs, cfg.warmup)
+        teacher_speed = onnxruntime_latency(
+            teacher_onnx, threads=cfg.threads, runs=cfg.runs, warmup=cfg.warmup
+        )["latency_ms_p50"]
 
         data = ctx.data
         labels = data.eval_pairs[:, 2]
@@ -295,26 +291,6 @@ class EvaluateStage(Stage):
             },
         )
         return StageResult({"evaluation": out, "roc": roc, "teacher_onnx": teacher_onnx}, metrics)
-
-
-def _ort_latency(sess: Any, runs: int, warmup: int) -> float:
-    import statistics
-    import time
-
-    inp = sess.get_inputs()[0]
-    x = (
-        np.random.default_rng(0)
-        .standard_normal([d if isinstance(d, int) else 1 for d in inp.shape])
-        .astype(np.float32)
-    )
-    for _ in range(warmup):
-        sess.run(None, {inp.name: x})
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, {inp.name: x})
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
 
 
 STAGES: dict[str, Stage] = {
