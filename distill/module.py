@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -29,6 +32,32 @@ def teacher_embeddings(
         x = x.contiguous(memory_format=torch.channels_last)
         out.append(torch.stack([teacher(x), teacher(x.flip(-1))], dim=1).float())
     return torch.cat(out)
+
+
+def cached_teacher_embeddings(
+    teacher: nn.Module, images: torch.Tensor, cache: Path, teacher_key: str
+) -> torch.Tensor:
+    """:func:`teacher_embeddings`, kept in the file ``cache`` for the same teacher and images.
+
+    ``teacher_key`` identifies the teacher's weights (e.g. its artifact's sha256); the images
+    are hashed. A resumed or repeated distillation skips the teacher pass entirely.
+    """
+    h = hashlib.sha256(teacher_key.encode())
+    h.update(str(tuple(images.shape)).encode())
+    h.update(images.contiguous().numpy().tobytes())
+    key = h.hexdigest()
+    if cache.is_file():
+        try:
+            stored = torch.load(cache, map_location="cpu", weights_only=True)
+            if stored.get("key") == key:
+                return stored["embeddings"]
+        except Exception:  # noqa: BLE001 - an unreadable cache is recomputed
+            pass
+    embeddings = teacher_embeddings(teacher, images)
+    tmp = cache.with_name(cache.name + ".tmp")
+    torch.save({"key": key, "embeddings": embeddings}, tmp)
+    os.replace(tmp, cache)
+    return embeddings
 
 
 class EmbeddingDistiller(pl.LightningModule):

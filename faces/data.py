@@ -43,6 +43,17 @@ class FaceIndex:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def take(self, rows: Sequence[int] | np.ndarray) -> FaceIndex:
+        """The images at ``rows`` only; identities and labels are unchanged."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return FaceIndex(
+            root=self.root,
+            paths=tuple(self.paths[i] for i in rows) if self.paths else (),
+            labels=self.labels[rows],
+            identities=self.identities,
+            records=None if self.records is None else self.records[rows],
+        )
+
     def subset(self, identities: Sequence[str]) -> FaceIndex:
         """The images of the named identities only, relabelled 0..k-1."""
         position = {name: i for i, name in enumerate(self.identities)}
@@ -290,6 +301,40 @@ def load_images(
         if progress is not None:
             progress(i)
     return out
+
+
+BAD_IMAGE_POLICIES = ("fail", "skip")
+
+
+def decode_images(
+    read: Callable[[int], np.ndarray | torch.Tensor],
+    count: int,
+    size: int = IMAGE_SIZE,
+    bad_images: str = "fail",
+) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """Decode ``count`` images with ``read(i)``; returns (images, rows kept, skipped messages).
+
+    ``bad_images="fail"`` raises the first :class:`FaceDataError` (it names the file);
+    ``"skip"`` leaves unreadable images out and reports each one. Raises when nothing is left.
+    """
+    if bad_images not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {bad_images!r}")
+    out = torch.empty((count, 3, size, size), dtype=torch.uint8)
+    kept: list[int] = []
+    skipped: list[str] = []
+    for i in range(count):
+        try:
+            image = read(i)
+        except FaceDataError as exc:
+            if bad_images == "fail":
+                raise
+            skipped.append(str(exc))
+            continue
+        out[len(kept)] = torch.as_tensor(image)
+        kept.append(i)
+    if count and not kept:
+        raise FaceDataError(f"none of the {count} images could be read; first: {skipped[0]}")
+    return out[: len(kept)], np.array(kept, dtype=np.int64), skipped
 
 
 class FaceImages(Dataset):

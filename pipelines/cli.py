@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 EXIT_BAD_INPUT = 2
+EXIT_TRAINING_FAILED = 3
+EXIT_INTERRUPTED = 130
 
 from pipelines.align_cmd import add_align_parser  # noqa: E402  (after the TF log setting)
 from pipelines.evaluate_cmd import add_eval_parser  # noqa: E402
@@ -62,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``facekd`` console script."""
+    from faces.callbacks import NonFiniteLossError
     from faces.data import FaceDataError
     from pipelines.config import ConfigError
     from pipelines.orchestrator import PipelineBusyError
@@ -69,11 +74,31 @@ def main(argv: list[str] | None = None) -> int:
     from teachers.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
+    _terminate_as_interrupt()
     try:
         return args.func(args)
     except (ConfigError, FaceDataError, CheckpointError, PipelineBusyError, TrackingError) as exc:
         print(f"facekd: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except NonFiniteLossError as exc:
+        print(f"facekd: training stopped: {exc}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
+    except KeyboardInterrupt:
+        print(
+            "facekd: interrupted; run the same command again to resume from the last checkpoint",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a scheduler's stop) ends like Ctrl-C: runs are left resumable, not failed."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (embedded use): keep default
+        signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":

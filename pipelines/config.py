@@ -37,7 +37,9 @@ class SyntheticData(Section):
 class DataConfig(Section):
     """``train``: ``synthetic``, an ImageFolder or a RecordIO folder (``train.rec``/``.idx``);
     ``eval``: null (held-out people of ``train``), an ImageFolder, an InsightFace ``.bin`` or an
-    LFW-layout folder with ``eval_pairs_file`` (``pairs.txt``)."""
+    LFW-layout folder with ``eval_pairs_file`` (``pairs.txt``). ``bad_images``: an unreadable
+    or truncated training (or held-out) image stops the run (``fail``) or is left out, counted
+    and listed (``skip``); separate evaluation sets always fail (their protocol is fixed)."""
 
     train: str = "synthetic"
     eval: str | None = None
@@ -47,6 +49,7 @@ class DataConfig(Section):
     eval_pairs: int = Field(3000, ge=20)
     min_images_per_identity: int = Field(2, ge=1)
     preload_max_images: int = Field(200_000, ge=1)
+    bad_images: Literal["fail", "skip"] = "fail"
     synthetic: SyntheticData = SyntheticData()
 
 

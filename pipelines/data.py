@@ -21,8 +21,9 @@ from faces.data import (
     FaceDataError,
     FaceImages,
     FaceIndex,
+    decode_images,
     listing_fingerprint,
-    load_images,
+    load_image,
     make_pairs,
     scan_image_folder,
     split_identities,
@@ -89,6 +90,7 @@ class DataContext:
         self.config = config
         self.cfg = config.data
         self.output_dir = output_dir
+        self.skipped_images: list[str] = []  # unreadable images left out (bad_images: skip)
 
     # -- where the data lives -------------------------------------------------------------
     def _synthetic_root(self) -> Path:
@@ -208,10 +210,19 @@ class DataContext:
         return Path(self.cfg.train).resolve().name + "_heldout"
 
     # -- tensors --------------------------------------------------------------------------
-    def _decode(self, index: FaceIndex) -> torch.Tensor:
-        """Decode the images of an index (ImageFolder paths or RecordIO records) into memory."""
+    def _decode(self, index: FaceIndex) -> tuple[torch.Tensor, FaceIndex]:
+        """Decode an index's images (ImageFolder paths or RecordIO records) into memory.
+
+        Returns the images and the index of those kept (all, unless ``data.bad_images`` is
+        ``skip`` and some could not be read).
+        """
+        policy = self.cfg.bad_images
         if index.records is None:
-            return load_images(index.paths)
+            images, kept, skipped = decode_images(
+                lambda i: load_image(index.paths[i]), len(index), bad_images=policy
+            )
+            self._report_skipped(skipped)
+            return images, index.take(kept)
         limit = self.cfg.preload_max_images
         if len(index) > limit:
             raise FaceDataError(
@@ -223,18 +234,31 @@ class DataContext:
         from faces.recordio import RecordIOFaces
 
         ds = RecordIOFaces(index.root)
-        out = torch.empty((len(index), 3, ds.size, ds.size), dtype=torch.uint8)
         try:
-            for i, pos in enumerate(index.records):
-                out[i] = ds[int(pos)][0]
+            images, kept, skipped = decode_images(
+                lambda i: ds[int(index.records[i])][0], len(index), ds.size, policy
+            )
         finally:
             ds.close()
-        return out
+        self._report_skipped(skipped)
+        return images, index.take(kept)
+
+    def _report_skipped(self, skipped: list[str]) -> None:
+        """Count and list unreadable images left out (``data.bad_images: skip``)."""
+        if not skipped:
+            return
+        self.skipped_images.extend(skipped)
+        for message in skipped[:5]:
+            print(f"warning: skipped: {message}")
+        if len(skipped) > 5:
+            print(f"warning: ... and {len(skipped) - 5} more unreadable images skipped")
+        listing = self.output_dir / "skipped_images.txt"
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        listing.write_text("".join(f"{m}\n" for m in self.skipped_images))
 
     @cached_property
     def train_dataset(self) -> FaceImages:
-        index = self.train_index
-        images = self._decode(index) if index.records is not None else None
+        images, index = self._decode(self.train_index)
         return FaceImages(index, images=images)
 
     @cached_property
@@ -247,18 +271,22 @@ class DataContext:
         )
 
     @cached_property
+    def _heldout(self) -> tuple[torch.Tensor, FaceIndex]:
+        assert self.eval_index is not None
+        return self._decode(self.eval_index)
+
+    @cached_property
     def eval_images(self) -> torch.Tensor:
         if self.separate_eval:
             return self._eval_set.images
-        assert self.eval_index is not None
-        return self._decode(self.eval_index)
+        return self._heldout[0]
 
     @cached_property
     def eval_pairs(self) -> np.ndarray:
         if self.separate_eval:
             return self._eval_set.pairs
-        assert self.eval_index is not None
-        return make_pairs(self.eval_index.labels, self.cfg.eval_pairs, self.config.pipeline.seed)
+        labels = self._heldout[1].labels
+        return make_pairs(labels, self.cfg.eval_pairs, self.config.pipeline.seed)
 
     def unlabelled_images(self, folders: list[str]) -> torch.Tensor:
         """All images under the given folders (any depth), decoded; labels are not needed."""
@@ -267,7 +295,11 @@ class DataContext:
         paths = sorted(
             p for f in folders for p in Path(f).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
         )
-        return load_images(paths)
+        images, _, skipped = decode_images(
+            lambda i: load_image(paths[i]), len(paths), bad_images=self.cfg.bad_images
+        )
+        self._report_skipped(skipped)
+        return images
 
     def probe_batch(self, n: int) -> torch.Tensor:
         """The first ``n`` evaluation images, normalised, for parity.
@@ -283,8 +315,7 @@ class DataContext:
             candidates += range(len(self.eval_images))
             order = list(dict.fromkeys(int(i) for i in candidates))[:n]
         else:
-            assert self.eval_index is not None
-            labels = self.eval_index.labels
+            labels = self._heldout[1].labels
             firsts = [int(np.flatnonzero(labels == k)[0]) for k in np.unique(labels)]
             first_set = set(firsts)
             rest = [i for i in range(len(labels)) if i not in first_set]

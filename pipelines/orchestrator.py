@@ -21,6 +21,8 @@ from pipelines.config import STAGE_ORDER, ConfigError, PipelineConfig, flatten
 from pipelines.data import DataContext
 
 RECORD = "stage.json"
+ACTIVE = "active_run.json"
+"""The MLflow parent run of an invocation that has not finished (killed or interrupted)."""
 
 
 class PipelineBusyError(RuntimeError):
@@ -60,6 +62,26 @@ def output_lock(output_dir: str | os.PathLike) -> Iterator[None]:
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A small JSON state file, or {} when it is missing or unreadable (a crash mid-write)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 class Orchestrator:
@@ -191,30 +213,58 @@ class Orchestrator:
             from pipelines.tracking import Tracker
 
             tracker = Tracker(self.config.pipeline.experiment)
+            out_dir = str(self.output_dir.resolve())
             tags = {
                 "facekd.pipeline": self.config.pipeline.name,
-                "facekd.output_dir": str(self.output_dir.resolve()),
+                "facekd.output_dir": out_dir,
                 "facekd.command": " ".join(sys.argv),
             }
-            with tracker.parent_run(self.config.pipeline.name, tags) as parent_id:
-                self.log(f"MLflow: {tracker.uri} run {parent_id}")
-                for plan in plans:
-                    if plan.cached:
-                        continue
-                    plan.fingerprint = self.fingerprint(plan.name, produced)
-                    old = self.read_record(plan.name)
-                    if (
-                        not force
-                        and old
-                        and old.get("fingerprint") == plan.fingerprint
-                        and self.outputs_intact(old)
-                    ):
-                        self.log(f"[{plan.name}] up to date, skipped")
-                        produced.update(old["outputs"])
-                        continue
-                    record = self._execute(plan, produced, tracker, parent_id)
-                    produced.update(record["outputs"])
+            active_path = self.output_dir / ACTIVE
+            interrupted = _read_json(active_path).get("parent_run_id")
+            resume = interrupted if tracker.run_info(interrupted) is not None else None
+            try:
+                with tracker.parent_run(self.config.pipeline.name, tags, resume) as parent_id:
+                    atomic_write_json(active_path, {"parent_run_id": parent_id, "pid": os.getpid()})
+                    if resume:
+                        self.log(f"MLflow: {tracker.uri} run {parent_id} (resumed)")
+                    else:
+                        self.log(f"MLflow: {tracker.uri} run {parent_id}")
+                    keep = {parent_id} | self._resumable_stage_runs(tracker, parent_id)
+                    for run_id in tracker.close_orphans(out_dir, keep):
+                        self.log(f"MLflow: run {run_id} of a killed process marked KILLED")
+                    for plan in plans:
+                        if plan.cached:
+                            continue
+                        plan.fingerprint = self.fingerprint(plan.name, produced)
+                        old = self.read_record(plan.name)
+                        if (
+                            not force
+                            and old
+                            and old.get("fingerprint") == plan.fingerprint
+                            and self.outputs_intact(old)
+                        ):
+                            self.log(f"[{plan.name}] up to date, skipped")
+                            produced.update(old["outputs"])
+                            continue
+                        record = self._execute(plan, produced, tracker, parent_id)
+                        produced.update(record["outputs"])
+            except (KeyboardInterrupt, SystemExit):
+                raise  # interrupted (Lightning turns Ctrl-C into SystemExit): resumable
+            except BaseException:
+                active_path.unlink(missing_ok=True)
+                raise
+            active_path.unlink(missing_ok=True)
         return self.records()
+
+    def _resumable_stage_runs(self, tracker: Any, parent_id: str) -> set[str]:
+        """Stage runs of interrupted stages that belong to ``parent_id`` (resumed, not closed)."""
+        keep = set()
+        for name in self.config.stages:
+            run_id = _read_json(self.stage_dir(name) / "running.json").get("mlflow_run_id")
+            run = tracker.run_info(run_id)
+            if run is not None and run.data.tags.get("mlflow.parentRunId") == parent_id:
+                keep.add(run_id)
+        return keep
 
     def _execute(
         self, plan: StagePlan, produced: dict[str, dict[str, Any]], tracker: Any, parent_id: str
@@ -226,17 +276,28 @@ class Orchestrator:
         stage_dir = self.stage_dir(name)
         stage_dir.mkdir(parents=True, exist_ok=True)
         running = stage_dir / "running.json"
-        previous = None
-        if running.exists():
-            previous = json.loads(running.read_text()).get("fingerprint")
-        if previous != plan.fingerprint and (stage_dir / "checkpoints").exists():
-            shutil.rmtree(stage_dir / "checkpoints")  # checkpoints of other settings
+        previous = _read_json(running)
+        resume_run = None
+        if previous.get("fingerprint") != plan.fingerprint:
+            if (stage_dir / "checkpoints").exists():
+                shutil.rmtree(stage_dir / "checkpoints")  # checkpoints of other settings
+        else:
+            run = tracker.run_info(previous.get("mlflow_run_id"))
+            if run is not None and run.data.tags.get("mlflow.parentRunId") == parent_id:
+                resume_run = run.info.run_id
         (stage_dir / RECORD).unlink(missing_ok=True)
-        atomic_write_json(running, {"fingerprint": plan.fingerprint, "pid": os.getpid()})
         inputs = {k: Path(v["path"]) for k, v in produced.items()}
         t0 = time.time()
-        self.log(f"[{name}] running ...")
-        with tracker.stage_run(name, {"facekd.fingerprint": plan.fingerprint}) as run:
+        self.log(f"[{name}] running ..." if resume_run is None else f"[{name}] resuming ...")
+        stage_tags = {
+            "facekd.fingerprint": plan.fingerprint,
+            "facekd.output_dir": str(self.output_dir.resolve()),
+        }
+        with tracker.stage_run(name, stage_tags, resume_run) as run:
+            atomic_write_json(
+                running,
+                {"fingerprint": plan.fingerprint, "pid": os.getpid(), "mlflow_run_id": run.run_id},
+            )
             params = flatten(stage.settings(self.config), f"{name}.")
             params.update(flatten(self.config.data.model_dump(), "data."))
             params.update(
@@ -247,9 +308,13 @@ class Orchestrator:
             )
             run.params(params)
             ctx = StageContext(self.config, self.data, stage_dir, inputs, run)
+            _seed_everything(self.config.pipeline.seed)  # same seed, same initial weights
             result = stage.run(ctx)
             seconds = time.time() - t0
             metrics = {**result.metrics, f"time.{name}_s": seconds}
+            if self.data.skipped_images:
+                metrics["data.skipped_images"] = float(len(self.data.skipped_images))
+                run.artifact(self.output_dir / "skipped_images.txt")
             run.metrics(metrics)
             for path in result.outputs.values():
                 run.artifact(path)

@@ -155,7 +155,7 @@ class DistillStage(Stage):
     produces = ("student",)
 
     def run(self, ctx: StageContext) -> StageResult:
-        from distill.module import EmbeddingDistiller, teacher_embeddings
+        from distill.module import EmbeddingDistiller, cached_teacher_embeddings
         from pipelines.training import fit
         from students.registry import create_student
 
@@ -174,7 +174,14 @@ class DistillStage(Stage):
         if cfg.unlabelled:
             images = torch.cat([images, ctx.data.unlabelled_images(cfg.unlabelled)])
         dataset = TensorDataset(images, torch.arange(len(images)))
-        cached = teacher_embeddings(teacher, images) if cfg.cache_teacher else None
+        cached = None
+        if cfg.cache_teacher:
+            cached = cached_teacher_embeddings(
+                teacher,
+                images,
+                ctx.stage_dir / "teacher_embeddings.pt",
+                sha256_file(ctx.inputs["teacher"]),
+            )
         module = EmbeddingDistiller(
             student, teacher, cfg.losses, cfg.train.lr, cfg.train.weight_decay, cached
         )

@@ -49,23 +49,64 @@ class Tracker:
                 if self.uri.startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ:
                     location = (DEFAULT_STORE / "artifacts").resolve().as_uri()
                 mlflow.create_experiment(experiment, artifact_location=location)
-            mlflow.set_experiment(experiment)
+            self.experiment_id = mlflow.set_experiment(experiment).experiment_id
         except Exception as exc:  # noqa: BLE001 - any backend failure means: do not start
             raise TrackingError(f"MLflow tracking at {self.uri} is not usable: {exc}") from exc
 
+    def run_info(self, run_id: str | None) -> Any | None:
+        """The run's info and tags (``mlflow.entities.Run``), or None if it is not in this store."""
+        if not run_id:
+            return None
+        try:
+            run = self.mlflow.get_run(run_id)
+        except Exception:  # noqa: BLE001 - unknown id, or another store
+            return None
+        if run.info.experiment_id != self.experiment_id or run.info.lifecycle_stage != "active":
+            return None
+        return run
+
     @contextmanager
-    def parent_run(self, name: str, tags: dict[str, str]) -> Iterator[str]:
-        """The run that groups one invocation's stages; ends FAILED on an exception."""
-        with self.mlflow.start_run(run_name=name, tags=tags) as run:
+    def parent_run(
+        self, name: str, tags: dict[str, str], resume: str | None = None
+    ) -> Iterator[str]:
+        """The run that groups a pipeline's stages; ``resume`` reopens an interrupted one.
+
+        Ends FAILED on an exception, FINISHED otherwise.
+        """
+        if self.run_info(resume) is None:
+            resume = None
+        with self.mlflow.start_run(run_id=resume, run_name=name, tags=tags) as run:
             yield run.info.run_id
 
     @contextmanager
-    def stage_run(self, stage: str, tags: dict[str, str]) -> Iterator[StageRun]:
-        """A nested run for one stage, tagged ``facekd.stage``."""
+    def stage_run(
+        self, stage: str, tags: dict[str, str], resume: str | None = None
+    ) -> Iterator[StageRun]:
+        """A nested run for one stage, tagged ``facekd.stage``; ``resume`` reopens one."""
         with self.mlflow.start_run(
-            run_name=stage, nested=True, tags={"facekd.stage": stage, **tags}
+            run_id=resume, run_name=stage, nested=True, tags={"facekd.stage": stage, **tags}
         ) as run:
             yield StageRun(self.mlflow, run.info.run_id)
+
+    def close_orphans(self, output_dir: str, keep: set[str]) -> list[str]:
+        """Mark runs of ``output_dir`` left RUNNING by a killed process as KILLED.
+
+        Only call while holding the output folder's lock: no live process owns them then.
+        """
+        runs = self.mlflow.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`facekd.output_dir` = '{output_dir}' and attributes.status = 'RUNNING'"
+            ),
+            output_format="list",
+        )
+        client = self.mlflow.MlflowClient()
+        closed = []
+        for run in runs:
+            if run.info.run_id not in keep:
+                client.set_terminated(run.info.run_id, status="KILLED")
+                closed.append(run.info.run_id)
+        return closed
 
 
 class StageRun:

@@ -4,17 +4,73 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import warnings
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset
 
 from faces.callbacks import MetricsCallback, MetricSink, VerificationCallback
 from pipelines.config import TrainConfig
 from pipelines.data import DataContext
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in the same folder, then renamed into place.
+
+    A process killed while writing leaves the previous checkpoint intact, never a truncated
+    one. Resuming loads with ``weights_only=True``: a checkpoint cannot run code.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class RNGStateCallback(pl.Callback):
+    """Saves the Python, NumPy and torch random states in every checkpoint and restores them.
+
+    The shuffling of the next epoch and the augmentations draw from these generators, so a run
+    resumed from an epoch-end checkpoint continues exactly as if it had never stopped.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        random.setstate(state["python"])
+        name, key, *rest = state["numpy"]
+        np.random.set_state((name, key.numpy(), *rest))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _precision(setting: str) -> str:
@@ -69,11 +125,21 @@ def fit(
         logger=False,
         enable_model_summary=False,
         enable_progress_bar=os.isatty(2),
-        callbacks=[verification, MetricsCallback(sink, [verification]), checkpoint],
+        callbacks=[
+            verification,
+            MetricsCallback(sink, [verification]),
+            RNGStateCallback(),
+            checkpoint,
+        ],
+        plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0,
         default_root_dir=str(stage_dir),
     )
     last = ckpt_dir / "last.ckpt"
+    if last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        print(f"resuming {stage_dir.name} from {last} (after epoch {state['epoch'] + 1})")
+        del state
     trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
     if verification.last_epoch != trainer.current_epoch:  # stopped by max_time, or resumed
         sink(verification.evaluate(module, trainer.current_epoch), trainer.current_epoch)

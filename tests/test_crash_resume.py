@@ -1,0 +1,151 @@
+"""SIGKILL at any point of a real ``facekd run`` process; the same command resumes it.
+
+One pipeline is killed four times (mid-epoch in teacher training, mid-epoch in distillation,
+during export, during the benchmark) and run again after each kill. The final result must
+equal a run that was never interrupted, finished stages must not run again, and MLflow must
+hold one parent run with one finished run per stage, none left RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+pytestmark = pytest.mark.slow
+
+PIPELINE = {
+    "pipeline": {"name": "crash", "experiment": "facekd-crash", "seed": 3},
+    "stages": ["teacher", "distill", "export", "evaluate"],
+    "data": {
+        "train": "synthetic",
+        "eval_pairs": 40,
+        "eval_fraction": 0.25,
+        "synthetic": {"identities": 16, "images_per_identity": 12, "seed": 1},
+    },
+    "teacher": {
+        "model": "vit_face_micro",
+        "args": {"embedding_size": 32},
+        "train": {"epochs": 4, "batch_size": 16, "head": {"name": "arcface", "s": 16.0}},
+    },
+    "distill": {
+        "student": "birealface",
+        "args": {"width": 32, "depths": [1]},
+        "train": {"epochs": 4, "batch_size": 16},
+    },
+    "export": {"probe_images": 4},
+    "evaluate": {"runs": 200, "warmup": 5, "instances": 3},
+}
+
+
+def _start(work: Path, log: Path, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "crash.yaml", *extra],
+        cwd=work,
+        env=env,
+        stdout=open(log, "a"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _kill_when(proc: subprocess.Popen, ready: Path, log: Path, delay: float = 0.0) -> None:
+    """SIGKILL ``proc`` once ``ready`` exists (plus ``delay`` seconds)."""
+    deadline = time.time() + 300
+    while not ready.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"process ended (rc {proc.returncode}) before {ready}:\n{log.read_text()}")
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"{ready} never appeared:\n{log.read_text()}")
+        time.sleep(0.05)
+    time.sleep(delay)
+    assert proc.poll() is None, f"finished before the kill:\n{log.read_text()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_sigkill_anywhere_then_same_command_resumes(tmp_path: Path) -> None:
+    work = tmp_path
+    (work / "crash.yaml").write_text(yaml.safe_dump(PIPELINE))
+    out = work / "runs" / "crash"
+    log = work / "run.log"
+
+    # 1. killed in the second teacher epoch (epoch 1's checkpoint is on disk)
+    _kill_when(_start(work, log), out / "teacher/checkpoints/last.ckpt", log)
+    assert not (out / "teacher/stage.json").exists()
+
+    # 2. resumed: the teacher continues from its checkpoint; killed while distilling
+    _kill_when(_start(work, log), out / "distill/checkpoints/last.ckpt", log)
+    text = log.read_text()
+    assert "resuming teacher from" in text and "[teacher] resuming" in text
+    assert (out / "teacher/stage.json").exists() and not (out / "distill/stage.json").exists()
+    teacher_done = json.loads((out / "teacher/stage.json").read_text())["finished_at"]
+
+    # 3. killed during export, 4. killed during the benchmark
+    _kill_when(_start(work, log), out / "export/running.json", log, delay=1.0)
+    assert "resuming distill from" in log.read_text()
+    assert not (out / "export/stage.json").exists()
+    _kill_when(_start(work, log), out / "evaluate/running.json", log, delay=0.3)
+    assert not (out / "evaluate/stage.json").exists()
+
+    # 5. the same command finishes the pipeline
+    proc = _start(work, log)
+    assert proc.wait(timeout=600) == 0, log.read_text()
+    # finished stages never ran again
+    assert json.loads((out / "teacher/stage.json").read_text())["finished_at"] == teacher_done
+    assert log.read_text().count("[teacher] up to date") >= 3
+    assert not list(out.rglob("*.tmp")), "a temporary file was left behind"
+
+    # the same result as a run that was never interrupted
+    clean = _start(
+        work,
+        work / "clean.log",
+        "--set",
+        "pipeline.output_dir=runs/clean",
+        "--set",
+        "stages=[teacher, distill]",
+    )
+    assert clean.wait(timeout=600) == 0, (work / "clean.log").read_text()
+    for stage, artifact in (("teacher", "teacher.pt"), ("distill", "student.pt")):
+        resumed, uninterrupted = (
+            _state(out / stage / artifact),
+            _state(work / "runs/clean" / stage / artifact),
+        )
+        assert resumed.keys() == uninterrupted.keys()
+        for key in resumed:
+            assert torch.equal(resumed[key], uninterrupted[key]), f"{stage}: {key} differs"
+
+    # MLflow: one coherent parent run, one run per stage, nothing left RUNNING
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
+    exp = mlflow.get_experiment_by_name("facekd-crash")
+    runs = mlflow.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`facekd.output_dir` = '{out.resolve()}'",
+        output_format="list",
+    )
+    parents = [r for r in runs if "facekd.stage" not in r.data.tags]
+    stages = [r for r in runs if "facekd.stage" in r.data.tags]
+    assert len(parents) == 1, [(r.info.run_id, r.info.status) for r in parents]
+    assert sorted(r.data.tags["facekd.stage"] for r in stages) == sorted(PIPELINE["stages"])
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in stages)
+    teacher_run = next(r for r in stages if r.data.tags["facekd.stage"] == "teacher")
+    history = mlflow.MlflowClient().get_metric_history(teacher_run.info.run_id, "epoch")
+    assert sorted({int(m.step) for m in history}) == [1, 2, 3, 4]
