@@ -34,11 +34,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
@@ -108,6 +111,8 @@ def fit(
         data.eval_images, data.eval_pairs, data.eval_name, every=cfg.eval_every
     )
     ckpt_dir = stage_dir / "checkpoints"
+    for stale in ckpt_dir.glob(".*.tmp"):  # a write cut short by a killed process
+        stale.unlink()
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
         save_last=True,
