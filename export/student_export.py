@@ -23,6 +23,7 @@ from export.tensorflow import CONVERTERS
 from export.tflite import (
     convert_float,
     convert_lce,
+    flatbuffer_macs,
     flatbuffer_ops,
     is_binary_filter,
     op_histogram,
@@ -139,6 +140,7 @@ def export_student(
         "export.float_cosine_min": float(_cosines(ref_float, float_out).min()),
         "model.size_bytes": float(len(lce_fb)),
         "model.float_size_bytes": float(len(float_fb)),
+        **{f"model.{k}": float(v) for k, v in flatbuffer_macs(lce_fb).items()},
     }
     report = {
         "converter": converter,

@@ -72,6 +72,63 @@ def flatbuffer_ops(flatbuffer: bytes) -> list[FlatbufferOp]:
     return ops
 
 
+MAC_OPS = ("LceBconv2d", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL")
+
+
+def _custom_options(op: object) -> dict:
+    from flatbuffers import flexbuffers
+
+    raw = op.CustomOptionsAsNumpy()
+    if isinstance(raw, int) or not len(raw):
+        return {}
+    try:
+        value = flexbuffers.Loads(raw.tobytes())
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def flatbuffer_macs(flatbuffer: bytes) -> dict[str, int]:
+    """Multiply-accumulates of one inference as stored: ``binary_macs`` and ``float_macs``.
+
+    1-bit: ``LceBconv2d`` (output pixels x output channels x kernel area x input channels per
+    group). 32-bit: ``CONV_2D``, ``DEPTHWISE_CONV_2D``, ``FULLY_CONNECTED`` and
+    ``BATCH_MATMUL``; element-wise ops (add, PReLU, BatchNorm folded as mul/add) are not MACs.
+    """
+    schema = _schema()
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    graph = model.Subgraphs(0)
+    names = [op.name for op in flatbuffer_ops(flatbuffer)]
+
+    def shape(op: object, i: int, output: bool = False) -> tuple[int, ...]:
+        index = op.Outputs(i) if output else op.Inputs(i)
+        return tuple(int(d) for d in graph.Tensors(index).ShapeAsNumpy())
+
+    binary = floating = 0
+    for i, name in enumerate(names):
+        op = graph.Operators(i)
+        if name not in MAC_OPS:
+            continue
+        out = shape(op, 0, output=True)
+        pixels_channels = int(np.prod(out))
+        if name == "LceBconv2d":
+            options = _custom_options(op)
+            _, kh, kw, _ = shape(op, 1)
+            groups = int(options.get("groups", 1)) or 1
+            binary += pixels_channels * kh * kw * int(options["channels_in"]) // groups
+        elif name == "CONV_2D":
+            _, kh, kw, cin = shape(op, 1)
+            floating += pixels_channels * kh * kw * cin
+        elif name == "DEPTHWISE_CONV_2D":
+            _, kh, kw, _ = shape(op, 1)
+            floating += pixels_channels * kh * kw
+        elif name == "FULLY_CONNECTED":
+            floating += pixels_channels * shape(op, 1)[-1]
+        else:  # BATCH_MATMUL: (..., M, K) x (..., K, N)
+            floating += pixels_channels * shape(op, 0)[-1]
+    return {"binary_macs": binary, "float_macs": floating}
+
+
 def op_histogram(flatbuffer: bytes) -> dict[str, int]:
     """How many operators of each type the flatbuffer holds."""
     return dict(Counter(op.name for op in flatbuffer_ops(flatbuffer)))

@@ -15,6 +15,7 @@ EXIT_TRAINING_FAILED = 3
 EXIT_INTERRUPTED = 130
 
 from pipelines.align_cmd import add_align_parser  # noqa: E402  (after the TF log setting)
+from pipelines.compare_cmd import add_compare_parser  # noqa: E402
 from pipelines.evaluate_cmd import add_eval_parser  # noqa: E402
 
 
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     add_eval_parser(sub)
     add_align_parser(sub)
+    add_compare_parser(sub)
+    from pipelines.release_cmd import add_release_parser
+
+    add_release_parser(sub)
     return parser
 
 
@@ -68,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``facekd`` console script."""
     from faces.callbacks import NonFiniteLossError
     from faces.data import FaceDataError
+    from pipelines.bundle import BundleError
     from pipelines.config import ConfigError
     from pipelines.orchestrator import PipelineBusyError
     from pipelines.tracking import TrackingError
@@ -77,7 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     _terminate_as_interrupt()
     try:
         return args.func(args)
-    except (ConfigError, FaceDataError, CheckpointError, PipelineBusyError, TrackingError) as exc:
+    except (
+        ConfigError,
+        FaceDataError,
+        CheckpointError,
+        PipelineBusyError,
+        TrackingError,
+        BundleError,
+    ) as exc:
         print(f"facekd: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as exc:

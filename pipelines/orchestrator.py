@@ -19,6 +19,7 @@ from typing import Any
 from pipelines.artifacts import atomic_write_json, file_hash
 from pipelines.config import STAGE_ORDER, ConfigError, PipelineConfig, flatten
 from pipelines.data import DataContext
+from pipelines.summary import machine_description, run_summary
 
 RECORD = "stage.json"
 ACTIVE = "active_run.json"
@@ -248,6 +249,8 @@ class Orchestrator:
                             continue
                         record = self._execute(plan, produced, tracker, parent_id)
                         produced.update(record["outputs"])
+                    tags, metrics = run_summary(self.records(), self.config, self.data.eval_name)
+                    tracker.summarise(parent_id, tags, metrics)
             except (KeyboardInterrupt, SystemExit):
                 raise  # interrupted (Lightning turns Ctrl-C into SystemExit): resumable
             except BaseException:
@@ -330,6 +333,7 @@ class Orchestrator:
                 "mlflow_parent_run_id": parent_id,
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "seconds": seconds,
+                "machine": machine_description(),
             }
         atomic_write_json(stage_dir / RECORD, record)
         running.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -73,3 +74,62 @@ def summary_table(records: dict[str, dict[str, Any]], eval_name: str) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def machine_description() -> str:
+    """Where benchmarks ran: CPU model, core count, OS (stored with each stage record)."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                cpu,
+            )
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+
+
+def run_summary(
+    records: dict[str, dict[str, Any]], config: Any, eval_name: str
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Tags and metrics that make a pipeline's parent run a complete row for comparison.
+
+    Covers every stage of the pipeline, including stages reused from earlier invocations:
+    what was trained from what (tags), the exported student's accuracy, speed, size and MACs,
+    and the teacher's accuracy (prefixed ``teacher.``). Stage runs are referenced by id
+    (``facekd.run.<stage>``) so that a release can fetch their artifacts.
+    """
+    losses = config.distill.losses
+    tags = {
+        "facekd.summary": "1",
+        "facekd.teacher": config.teacher.model,
+        "facekd.student": config.distill.student,
+        "facekd.student_args": json.dumps(config.distill.args, sort_keys=True),
+        "facekd.distill.method": "+".join(sorted(losses)),
+        "facekd.bits": "W1A1",
+        "facekd.eval_set": eval_name,
+        "facekd.data.train": str(config.data.train),
+    }
+    for stage, record in records.items():
+        if record.get("mlflow_run_id"):
+            tags[f"facekd.run.{stage}"] = record["mlflow_run_id"]
+    if "machine" in records.get("evaluate", {}):
+        tags["facekd.bench_machine"] = records["evaluate"]["machine"]
+    metrics: dict[str, float] = {}
+    for key, value in records.get("teacher", {}).get("metrics", {}).items():
+        if key.startswith(("verify.", "model.")):
+            metrics[f"teacher.{key}"] = value
+    for key, value in records.get("distill", {}).get("metrics", {}).items():
+        if key.startswith("verify."):
+            metrics[f"pytorch.{key}"] = value
+        elif key == "model.params":
+            metrics[key] = value
+    for stage in ("export", "evaluate"):
+        for key, value in records.get(stage, {}).get("metrics", {}).items():
+            if key.startswith(("verify.", "bench.", "model.", "export.")):
+                metrics[key] = value
+    return tags, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

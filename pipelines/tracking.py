@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,6 +88,20 @@ class Tracker:
             run_id=resume, run_name=stage, nested=True, tags={"facekd.stage": stage, **tags}
         ) as run:
             yield StageRun(self.mlflow, run.info.run_id)
+
+    def summarise(self, run_id: str, tags: dict[str, str], metrics: dict[str, float]) -> None:
+        """Tags and metrics on a (parent) run, overwriting earlier values."""
+        client = self.mlflow.MlflowClient()
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        if metrics:
+            client.log_batch(
+                run_id,
+                metrics=[
+                    self.mlflow.entities.Metric(k, v, int(time.time() * 1000), 0)
+                    for k, v in metrics.items()
+                ],
+            )
 
     def close_orphans(self, output_dir: str, keep: set[str]) -> list[str]:
         """Mark runs of ``output_dir`` left RUNNING by a killed process as KILLED.

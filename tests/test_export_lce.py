@@ -98,3 +98,36 @@ def test_layers_left_float_are_named_and_fail_the_export(tmp_path, monkeypatch) 
     report = json.loads((tmp_path / "export_report.json").read_text())
     assert report["bconv_coverage"] == 0.0
     assert sorted(report["float_layers"]) == ["stages.0.conv", "stages.2.conv"]
+
+
+def test_macs_counted_from_the_flatbuffer_match_the_pytorch_layers(exported) -> None:
+    """1-bit MACs of the LCE flatbuffer = those of the Brevitas binary convs; the float twin
+    holds the same total as 32-bit MACs."""
+    from export.tflite import flatbuffer_macs
+    from students.layers import BinaryConv2d
+
+    student, _, probe, result = exported
+    expected = 0
+
+    def count(module, inputs, output) -> None:
+        nonlocal expected
+        conv = module.conv
+        kh, kw = conv.kernel_size
+        per_image = output[0].numel() * kh * kw * conv.in_channels // conv.groups
+        expected += per_image
+
+    hooks = [
+        m.register_forward_hook(count)
+        for m in student.modules()
+        if isinstance(m, BinaryConv2d) and m.binary
+    ]
+    with torch.no_grad():
+        student(probe[:1])
+    for h in hooks:
+        h.remove()
+    lce = flatbuffer_macs(Path(result.lce_tflite).read_bytes())
+    twin = flatbuffer_macs(Path(result.float_tflite).read_bytes())
+    assert lce["binary_macs"] == expected > 0
+    assert twin["binary_macs"] == 0
+    assert twin["float_macs"] == lce["float_macs"] + lce["binary_macs"]
+    assert result.metrics["model.binary_macs"] == expected

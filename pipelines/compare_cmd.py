@@ -1,0 +1,288 @@
+"""``facekd compare``: one row per pipeline run, the accuracy-vs-FPS Pareto front, pareto.png."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import ConfigError
+
+
+@dataclass
+class CompareRow:
+    """What one pipeline run produced: lineage, cost and accuracy of its exported student."""
+
+    run_id: str
+    pipeline: str
+    teacher: str
+    student: str
+    method: str
+    bits: str
+    params: float | None
+    binary_macs: float | None
+    float_macs: float | None
+    size_bytes: float | None
+    latency_ms: float | None
+    fps: float | None
+    speedup: float | None
+    accuracy: dict[str, float] = field(default_factory=dict)
+    teacher_accuracy: dict[str, float] = field(default_factory=dict)
+    pareto: bool = False
+    experiment: str = ""
+
+
+def _accuracies(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if key.startswith(prefix + "verify.") and key.endswith(".acc"):
+            out[key[len(prefix) + len("verify.") : -len(".acc")]] = value
+    return out
+
+
+def row_from_run(run: Any, experiment: str = "") -> CompareRow | None:
+    """A comparison row from a pipeline's parent run (``facekd.summary`` tag), else None."""
+    tags, m = run.data.tags, run.data.metrics
+    if tags.get("facekd.summary") != "1" or "bench.fps" not in m:
+        return None
+    return CompareRow(
+        run_id=run.info.run_id,
+        pipeline=tags.get("facekd.pipeline", run.info.run_name or ""),
+        teacher=tags.get("facekd.teacher", "?"),
+        student=tags.get("facekd.student", "?"),
+        method=tags.get("facekd.distill.method", "?"),
+        bits=tags.get("facekd.bits", "?"),
+        params=m.get("model.params"),
+        binary_macs=m.get("model.binary_macs"),
+        float_macs=m.get("model.float_macs"),
+        size_bytes=m.get("model.size_bytes"),
+        latency_ms=m.get("bench.latency_ms_p50"),
+        fps=m.get("bench.fps"),
+        speedup=m.get("bench.speedup_vs_float"),
+        accuracy=_accuracies(m),
+        teacher_accuracy=_accuracies(m, "teacher."),
+        experiment=experiment,
+    )
+
+
+def collect_rows(experiments: list[str]) -> list[CompareRow]:
+    """Rows of every finished pipeline run in the named experiments of the tracking store."""
+    import mlflow
+
+    from pipelines.tracking import TrackingError, tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    rows: list[CompareRow] = []
+    for name in experiments:
+        try:
+            exp = mlflow.get_experiment_by_name(name)
+        except Exception as exc:  # noqa: BLE001 - any backend failure
+            raise TrackingError(
+                f"MLflow tracking at {tracking_uri()} is not usable: {exc}"
+            ) from exc
+        if exp is None:
+            raise ConfigError(f"no MLflow experiment named {name!r} at {tracking_uri()}")
+        runs = mlflow.search_runs(
+            [exp.experiment_id],
+            filter_string="tags.`facekd.summary` = '1' and attributes.status = 'FINISHED'",
+            output_format="list",
+        )
+        rows += [r for run in runs if (r := row_from_run(run, name)) is not None]
+    return rows
+
+
+def metric_value(row: CompareRow, metric: str) -> float | None:
+    """``verify.<set>.acc`` (or any ``verify.<set>.acc`` key the row holds), else None."""
+    if metric.startswith("verify.") and metric.endswith(".acc"):
+        return row.accuracy.get(metric[len("verify.") : -len(".acc")])
+    raise ConfigError(f"--metric {metric}: expected verify.<set>.acc")
+
+
+def mark_pareto(rows: list[CompareRow], metric: str) -> None:
+    """Flag rows that no other row beats on both accuracy (``metric``) and FPS."""
+    scored = [(r, metric_value(r, metric), r.fps) for r in rows]
+    for row, acc, fps in scored:
+        if acc is None or fps is None:
+            row.pareto = False
+            continue
+        row.pareto = not any(
+            a is not None and f is not None and a >= acc and f >= fps and (a > acc or f > fps)
+            for other, a, f in scored
+            if other is not row
+        )
+
+
+def default_metric(rows: list[CompareRow]) -> str:
+    """The evaluation set most rows share."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        for name in row.accuracy:
+            counts[name] = counts.get(name, 0) + 1
+    if not counts:
+        raise ConfigError("no run has a verify.<set>.acc metric to compare")
+    return f"verify.{max(counts, key=lambda k: (counts[k], k))}.acc"
+
+
+def _num(value: float | None, scale: float = 1.0, spec: str = ".2f") -> str:
+    return "-" if value is None or math.isnan(value) else format(value / scale, spec)
+
+
+def format_table(rows: list[CompareRow], metric: str) -> str:
+    """A fixed-width table, best first; ``*`` marks the Pareto front."""
+    header = (
+        "P",
+        "run",
+        "pipeline",
+        "teacher",
+        "student",
+        "method",
+        "bits",
+        "params M",
+        "1-bit MACs M",
+        "32-bit MACs M",
+        "size MB",
+        metric,
+        "latency ms",
+        "FPS",
+        "speedup",
+    )
+    lines = [header]
+    for r in rows:
+        lines.append(
+            (
+                "*" if r.pareto else "",
+                r.run_id[:8],
+                r.pipeline,
+                r.teacher,
+                r.student,
+                r.method,
+                r.bits,
+                _num(r.params, 1e6),
+                _num(r.binary_macs, 1e6, ".1f"),
+                _num(r.float_macs, 1e6, ".1f"),
+                _num(r.size_bytes, 1e6),
+                _num(metric_value(r, metric), 1.0, ".4f"),
+                _num(r.latency_ms),
+                _num(r.fps, 1.0, ".0f"),
+                _num(r.speedup, 1.0, ".2f") + ("x" if r.speedup else ""),
+            )
+        )
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def plot_pareto(rows: list[CompareRow], metric: str, path: Path) -> Path:
+    """Accuracy against FPS, one labelled point per run, the Pareto front joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(r, metric_value(r, metric), r.fps) for r in rows]
+    points = [(r, a, f) for r, a, f in points if a is not None and f is not None]
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    off = [(r, a, f) for r, a, f in points if not r.pareto]
+    front = sorted([(r, a, f) for r, a, f in points if r.pareto], key=lambda p: p[2])
+    if off:
+        ax.scatter([f for _, _, f in off], [a for _, a, _ in off], c="tab:gray", label="run")
+    if front:
+        ax.plot(
+            [f for _, _, f in front],
+            [a for _, a, _ in front],
+            "o-",
+            c="tab:red",
+            label="Pareto front",
+        )
+    for r, a, f in points:
+        ax.annotate(
+            f"{r.student} ({r.method})\n{r.run_id[:8]}",
+            (f, a),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
+    ax.set_xlabel("student FPS (LCE interpreter, batch 1)")
+    ax.set_ylabel(f"{metric} (10-fold)")
+    ax.set_title("Accuracy vs speed of exported students")
+    ax.grid(alpha=0.3)
+    if points:
+        ax.legend(loc="lower left")
+        xs = [f for _, _, f in points]
+        ax.set_xlim(min(xs) * 0.9, max(xs) * 1.25)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def compare(
+    experiments: list[str], metric: str | None, output: Path, log_to_mlflow: bool = True
+) -> tuple[list[CompareRow], str]:
+    """Rows sorted by ``metric`` (best first), Pareto front marked, ``pareto.png`` written.
+
+    The table (JSON and text) and the figure are logged to a ``compare`` run of the first
+    experiment (tag ``facekd.kind=comparison``; never itself a row).
+    """
+    rows = collect_rows(experiments)
+    if not rows:
+        raise ConfigError(
+            f"no finished pipeline run with an evaluation in experiment(s) {', '.join(experiments)}"
+        )
+    metric = metric or default_metric(rows)
+    mark_pareto(rows, metric)
+    rows.sort(key=lambda r: (-(metric_value(r, metric) or -1.0), -(r.fps or 0.0)))
+    plot_pareto(rows, metric, output)
+    if log_to_mlflow:
+        import mlflow
+
+        mlflow.set_experiment(experiments[0])
+        with (
+            contextlib.redirect_stdout(sys.stderr),  # MLflow prints run links; keep --json clean
+            mlflow.start_run(run_name="compare", tags={"facekd.kind": "comparison"}),
+            tempfile.TemporaryDirectory() as tmp,
+        ):
+            table = Path(tmp) / "comparison.txt"
+            table.write_text(format_table(rows, metric) + "\n")
+            data = Path(tmp) / "comparison.json"
+            data.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+            for p in (table, data, output):
+                mlflow.log_artifact(str(p))
+            mlflow.log_param("metric", metric)
+            mlflow.log_param("experiments", ",".join(experiments))
+    return rows, metric
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    experiments = args.experiment or ["facekd"]
+    rows, metric = compare(experiments, args.metric, Path(args.output), not args.no_log)
+    if args.json:
+        print(json.dumps({"metric": metric, "rows": [asdict(r) for r in rows]}, indent=2))
+    else:
+        print(format_table(rows, metric))
+        print(f"\n* = on the accuracy-vs-FPS Pareto front; figure: {args.output}")
+    return 0
+
+
+def add_compare_parser(sub: Any) -> None:
+    p = sub.add_parser("compare", help="compare pipeline runs: table, Pareto front, pareto.png")
+    p.add_argument(
+        "--experiment",
+        action="append",
+        metavar="NAME",
+        help="MLflow experiment (repeatable; default: facekd)",
+    )
+    p.add_argument("--metric", help="accuracy to sort by, verify.<set>.acc (default: most common)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--output", default="pareto.png", help="where to write the figure")
+    p.add_argument("--no-log", action="store_true", help="do not log the comparison to MLflow")
+    p.set_defaults(func=_cmd_compare)

@@ -1,0 +1,232 @@
+"""``facekd release RUN_ID --name NAME``: register a student in the MLflow Model Registry and
+write its release bundle (LCE .tflite, float twin, ONNX, model card, metrics, SHA256SUMS)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import ConfigError
+
+ARTIFACTS = ("student_lce.tflite", "student_float.tflite", "student.onnx", "export_report.json")
+
+
+class ReleaseError(ConfigError):
+    """The run cannot be released as asked (unknown run, version exists, artifacts missing)."""
+
+
+def _client() -> Any:
+    import mlflow
+
+    from pipelines.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.MlflowClient()
+
+
+def pipeline_run(client: Any, run_id: str) -> Any:
+    """The parent (pipeline) run of ``run_id``, which may be the parent or one of its stages."""
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - unknown id or unreachable store
+        raise ReleaseError(f"run {run_id} not found in the tracking store: {exc}") from exc
+    if "facekd.stage" in run.data.tags:
+        run = client.get_run(run.data.tags["mlflow.parentRunId"])
+    if run.data.tags.get("facekd.summary") != "1":
+        raise ReleaseError(
+            f"run {run.info.run_id} is not a finished facekd pipeline run (no facekd.summary "
+            "tag); release the parent run listed by `facekd compare`"
+        )
+    if "facekd.run.export" not in run.data.tags or "bench.fps" not in run.data.metrics:
+        raise ReleaseError(f"run {run.info.run_id} has no exported and evaluated student")
+    return run
+
+
+def _existing_versions(client: Any, name: str) -> list[Any]:
+    try:
+        return list(client.search_model_versions(f"name='{name}'"))
+    except Exception:  # noqa: BLE001 - no such registered model yet
+        return []
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def model_card(
+    name: str, version: str, run: Any, embedding_size: int, report: dict[str, Any]
+) -> str:
+    """The release's model card: what goes in, what comes out, how good, how fast, limits."""
+    tags, m = run.data.tags, run.data.metrics
+    sets = sorted(
+        k[len("verify.") : -len(".acc")]
+        for k in m
+        if k.startswith("verify.") and k.endswith(".acc")
+    )
+    acc_rows = "\n".join(
+        f"| {s} | {_fmt(m.get(f'verify.{s}.acc'), '.4f')} +- "
+        f"{_fmt(m.get(f'verify.{s}.acc_std'), '.4f')} | {_fmt(m.get(f'verify.{s}.auc'), '.4f')} "
+        f"| {_fmt(m.get(f'verify.{s}.tar_far1e-3'), '.4f')} "
+        f"| {_fmt(m.get(f'pytorch.verify.{s}.acc'), '.4f')} "
+        f"| {_fmt(m.get(f'teacher.verify.{s}.acc'), '.4f')} |"
+        for s in sets
+    )
+    coverage = m.get("export.bconv_coverage")
+    return f"""# {name} {version}
+
+A 1-bit face recognition student released by facekd on {time.strftime("%Y-%m-%d")}
+from MLflow run `{run.info.run_id}` (pipeline `{tags.get("facekd.pipeline", "?")}`).
+
+## Model
+- student: `{tags.get("facekd.student")}` {tags.get("facekd.student_args", "")}, weights and \
+activations {tags.get("facekd.bits")} in its binary convolutions
+- teacher: `{tags.get("facekd.teacher")}`
+- distillation: `{tags.get("facekd.distill.method")}`
+- training data: `{tags.get("facekd.data.train")}`
+- parameters: {_fmt(m.get("model.params"), ",.0f")}; 1-bit MACs \
+{_fmt(m.get("model.binary_macs"), ",.0f")}; 32-bit MACs {_fmt(m.get("model.float_macs"), ",.0f")}
+- LCE flatbuffer: {_fmt(m.get("model.size_bytes"), ",.0f")} bytes; \
+LceBconv2d coverage {_fmt(coverage, ".2f")} ({report.get("converter", "?")} converter)
+
+## Input and output
+- input: one aligned face (5-point ArcFace alignment, 112x112 RGB), uint8 -> float32
+  `(x - 127.5) / 128`, NHWC `(1, 112, 112, 3)` in the `.tflite` (NCHW `(N, 3, 112, 112)` in ONNX)
+- output: a {embedding_size}-d embedding, not normalised: compare faces by cosine similarity
+- MLflow pyfunc: uint8 `(N, 112, 112, 3)` -> float32 `(N, {embedding_size})`
+
+## Verification accuracy (10-fold, LCE `.tflite`)
+| set | accuracy | ROC AUC | TAR@FAR=1e-3 | PyTorch student | teacher |
+|---|---|---|---|---|---|
+{acc_rows}
+
+## Speed (batch 1, {_fmt(m.get("bench.threads"), ".0f")} thread)
+measured on: {tags.get("facekd.bench_machine", "unknown machine")}
+
+| runtime | median latency ms | FPS |
+|---|---|---|
+| LCE interpreter, indirect BGEMM (`student_lce.tflite`) | \
+{_fmt(m.get("bench.latency_ms_p50"), ".2f")} | {_fmt(m.get("bench.fps"), ".0f")} |
+| TFLite + XNNPACK, float twin (`student_float.tflite`) | \
+{_fmt(m.get("bench.float_latency_ms_p50"), ".2f")} | {_fmt(m.get("bench.float_fps"), ".0f")} |
+| teacher, ONNX Runtime | {_fmt(m.get("bench.teacher_latency_ms_p50"), ".2f")} | |
+
+## Known limits
+- Latencies above come from the machine named there. On x86 LCE has only generic C++ kernels;
+  the target is ARM: measure on the device with LCE's `lce_benchmark_model` (see README).
+- Accuracy is measured on the sets listed only, with the pairs of that run; other populations,
+  poses, image quality and alignment methods can be worse.
+- Faces must be aligned like the training data; unaligned crops lose most of the accuracy.
+- The float twin has the same architecture with binarizers removed and the same weights: it is
+  a speed baseline, not an accurate model.
+"""
+
+
+def release(run_id: str, name: str, version: str | None, output: Path) -> Path:
+    """Register the run's student and write its bundle; returns the bundle folder."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from export.runtime import TFLiteRunner
+    from pipelines.bundle import LceFaceEmbedder, images_to_input, sha256_bytes, write_sums
+
+    client = _client()
+    run = pipeline_run(client, run_id)
+    existing = _existing_versions(client, name)
+    if version is None:
+        version = str(max((int(v.version) for v in existing), default=0) + 1)
+    for v in existing:
+        if v.tags.get("facekd.version") == version:
+            raise ReleaseError(
+                f"{name} version {version} is already registered (model version {v.version}); "
+                "a release never overwrites one: choose another --version"
+            )
+    bundle = output / name / version
+    if bundle.exists():
+        raise ReleaseError(f"{bundle} already exists; a release never overwrites one")
+
+    export_run = run.data.tags["facekd.run.export"]
+    output.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-{version}-", dir=output))
+    try:
+        for artifact in ARTIFACTS:
+            try:
+                mlflow.artifacts.download_artifacts(
+                    run_id=export_run, artifact_path=artifact, dst_path=str(staging)
+                )
+            except Exception as exc:  # noqa: BLE001
+                raise ReleaseError(
+                    f"artifact {artifact} of export run {export_run} cannot be fetched: {exc}"
+                ) from exc
+        report = json.loads((staging / "export_report.json").read_text())
+        (staging / "export_report.json").unlink()
+        lce = (staging / "student_lce.tflite").read_bytes()
+        probe = np.zeros((1, 112, 112, 3), dtype=np.uint8)
+        embedding_size = TFLiteRunner(lce).embed(images_to_input(probe)).shape[1]
+        (staging / "model_card.md").write_text(
+            model_card(name, version, run, embedding_size, report)
+        )
+        metrics = {
+            "name": name,
+            "version": version,
+            "source_run": run.info.run_id,
+            "metrics": dict(sorted(run.data.metrics.items())),
+            "tags": {k: v for k, v in sorted(run.data.tags.items()) if k.startswith("facekd.")},
+        }
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_sums(staging)
+
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 112, 112, 3))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, embedding_size))]),
+        )
+        mlflow.set_experiment(experiment_id=run.info.experiment_id)
+        with (
+            contextlib.redirect_stdout(sys.stderr),
+            mlflow.start_run(
+                run_name=f"release {name} {version}",
+                tags={"facekd.kind": "release", "facekd.source_run": run.info.run_id},
+            ),
+        ):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=LceFaceEmbedder(sha256_bytes(lce)),
+                artifacts={"lce_tflite": str(staging / "student_lce.tflite")},
+                signature=signature,
+                registered_model_name=name,
+            )
+            mlflow.log_artifacts(str(staging), artifact_path="bundle")
+        registered = info.registered_model_version
+        client.set_model_version_tag(name, str(registered), "facekd.version", version)
+        client.set_model_version_tag(name, str(registered), "facekd.source_run", run.info.run_id)
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging, bundle)  # fails if another release took the folder meanwhile
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return bundle
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    bundle = release(args.run_id, args.name, args.version, Path(args.output))
+    print(f"released {args.name} version {bundle.name}: bundle {bundle}")
+    print(f"load it: mlflow.pyfunc.load_model('models:/{args.name}/<registry version>')")
+    return 0
+
+
+def add_release_parser(sub: Any) -> None:
+    p = sub.add_parser("release", help="register a run's student and write its release bundle")
+    p.add_argument("run_id", help="pipeline run id (as listed by facekd compare) or a stage run")
+    p.add_argument("--name", required=True, help="registered model name")
+    p.add_argument("--version", help="release version label (default: next registry version)")
+    p.add_argument("--output", default="releases", help="folder for bundles (default: releases)")
+    p.set_defaults(func=_cmd_release)

@@ -1,0 +1,204 @@
+"""Team setting end to end: a real ``mlflow server`` on 127.0.0.1, two pipeline runs against
+it, ``facekd compare``, ``facekd release``, and the released model loaded back through MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipelines.bundle import BundleError, load_bundle
+from pipelines.cli import main
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = "facekd-team"
+PIPELINE = {
+    "pipeline": {"name": "team", "experiment": EXPERIMENT, "seed": 0},
+    "data": {
+        "train": "synthetic",
+        "eval_pairs": 40,
+        "eval_fraction": 0.3,
+        "synthetic": {"identities": 8, "images_per_identity": 6, "seed": 0},
+    },
+    "teacher": {
+        "model": "vit_face_micro",
+        "args": {"embedding_size": 32},
+        "train": {"epochs": 1, "batch_size": 16, "head": {"name": "arcface", "s": 16.0}},
+    },
+    "distill": {
+        "student": "birealface",
+        "args": {"width": 32, "depths": [1]},
+        "train": {"epochs": 1, "batch_size": 16},
+    },
+    "export": {"probe_images": 4},
+    "evaluate": {"runs": 20, "warmup": 2, "instances": 1},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``mlflow server`` with a sqlite backend and served artifacts in a temporary folder."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=open(root / "server.log", "w"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def team(server, tmp_path_factory):
+    """Two pipeline runs against the server: the second distils for one more epoch."""
+    work = tmp_path_factory.mktemp("team")
+    (work / "team.yaml").write_text(yaml.safe_dump(PIPELINE))
+    old_cwd, old_uri = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(work)
+    os.environ["MLFLOW_TRACKING_URI"] = server
+    try:
+        assert main(["run", "team.yaml"]) == 0
+        assert main(["run", "team.yaml", "--set", "distill.train.epochs=2"]) == 0
+        yield work
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+
+
+def test_compare_lists_both_runs_with_the_pareto_front(team: Path, capsys) -> None:
+    capsys.readouterr()
+    png = team / "pareto.png"
+    assert main(["compare", "--experiment", EXPERIMENT, "--output", str(png), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = result["rows"]
+    assert result["metric"] == "verify.synthetic.acc"
+    assert len(rows) == 2  # the comparison run itself is never a row
+    for row in rows:
+        assert row["teacher"] == "vit_face_micro" and row["student"] == "birealface"
+        assert row["method"] == "cosine" and row["bits"] == "W1A1"
+        assert row["binary_macs"] > 0 and row["float_macs"] > 0 and row["params"] > 0
+        assert row["fps"] > 0 and row["size_bytes"] > 0 and 0 <= row["accuracy"]["synthetic"] <= 1
+        assert "synthetic" in row["teacher_accuracy"]
+    accs = [r["accuracy"]["synthetic"] for r in rows]
+    assert accs == sorted(accs, reverse=True)
+    assert rows[0]["pareto"]  # the most accurate run is on the front
+    assert png.stat().st_size > 10_000
+    # the table and figure were logged to MLflow
+    import mlflow
+
+    runs = mlflow.search_runs(
+        experiment_names=[EXPERIMENT],
+        filter_string="tags.`facekd.kind` = 'comparison'",
+        output_format="list",
+    )
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id)}
+    assert {"pareto.png", "comparison.json", "comparison.txt"} <= names
+    assert main(["compare", "--experiment", EXPERIMENT, "--output", str(png), "--no-log"]) == 0
+    table = capsys.readouterr().out
+    assert "verify.synthetic.acc" in table and "Pareto front" in table
+
+
+def test_release_registers_a_loadable_model_and_a_verified_bundle(team: Path, capsys) -> None:
+    import mlflow
+
+    capsys.readouterr()
+    assert main(["compare", "--experiment", EXPERIMENT, "--json", "--no-log"]) == 0
+    best = json.loads(capsys.readouterr().out)["rows"][0]["run_id"]
+    releases = team / "releases"
+    assert main(["release", best, "--name", "team-student", "--output", str(releases)]) == 0
+    bundle_dir = releases / "team-student" / "1"
+    files = {p.name for p in bundle_dir.iterdir()}
+    assert files == {
+        "student_lce.tflite",
+        "student_float.tflite",
+        "student.onnx",
+        "model_card.md",
+        "metrics.json",
+        "SHA256SUMS",
+    }
+    card = (bundle_dir / "model_card.md").read_text()
+    for text in ("(x - 127.5) / 128", "32-d embedding", "vit_face_micro", "| synthetic |"):
+        assert text in card
+    assert "cores" in card  # the machine the latencies were measured on
+    assert json.loads((bundle_dir / "metrics.json").read_text())["source_run"] == best
+
+    bundle = load_bundle(bundle_dir)
+    faces = np.random.default_rng(0).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
+    expected = bundle.embed(faces)
+    model = mlflow.pyfunc.load_model("models:/team-student/1")
+    got = model.predict(faces)
+    assert got.shape == (5, 32)
+    np.testing.assert_array_equal(got, expected)
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 112, 112, 3)
+
+    # never overwritten: the same version again is refused; without --version the next one
+    err_args = ["release", best, "--name", "team-student", "--version", "1"]
+    assert main([*err_args, "--output", str(releases)]) == 2
+    assert "already registered" in capsys.readouterr().err
+    assert main(["release", best, "--name", "team-student", "--output", str(releases)]) == 0
+    assert (releases / "team-student" / "2").is_dir()
+
+    # a damaged bundle is refused on load
+    damaged = shutil.copytree(bundle_dir, team / "damaged")
+    data = bytearray((damaged / "student_lce.tflite").read_bytes())
+    data[-100] ^= 0xFF
+    (damaged / "student_lce.tflite").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match SHA256SUMS"):
+        load_bundle(damaged)
+    (damaged / "student.onnx").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(damaged)
+
+
+def test_release_of_an_unknown_run_is_refused(team: Path, capsys) -> None:
+    assert main(["release", "0" * 32, "--name", "x", "--output", str(team / "r")]) == 2
+    assert "not found" in capsys.readouterr().err
