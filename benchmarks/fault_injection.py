@@ -6,9 +6,10 @@ and compare its final result with a run that was never interrupted.
 Both runs use the same pipeline (pretrained MobileFaceNet teacher, 1-bit BiRealFace student,
 export to LCE, evaluation) and seed, in their own output folders of ``--workdir``, with an
 MLflow store there. Kill moments are drawn uniformly between 3 s and the reference run's
-duration; a kill waits, if needed, until the run has progressed past the point of the previous
-kill (a new stage or a new epoch checkpoint) so that kills spread over the whole pipeline; a
-kill that comes after the process finished does not count and another is drawn.
+duration minus the time of the stages already finished; a kill waits, if needed, until the
+run has progressed past the point of the previous kill (a new stage or a new epoch
+checkpoint) so that kills spread over the whole pipeline; a kill that comes after the process
+finished does not count (export and evaluate are then run again to be killed).
 Prints a table of the kills and the metrics of both runs, checks that the weights of teacher
 and student are identical, that the metrics match and that MLflow holds one parent run with
 no run left RUNNING; writes ``fault_injection.json``. Exit code 1 when a check fails.
@@ -91,6 +92,16 @@ def progress(out: Path) -> tuple:
     return tuple(state)
 
 
+def remaining(out: Path, reference_s: float, work: Path) -> float:
+    """The reference run's duration minus that of the stages this run has finished."""
+    ref = {
+        s: json.loads((work / "reference" / s / "stage.json").read_text())["seconds"]
+        for s in ("teacher", "distill", "export", "evaluate")
+    }
+    done = sum(ref[s] for s in ref if (out / s / "stage.json").exists())
+    return reference_s - done
+
+
 def records(out: Path) -> dict[str, dict[str, Any]]:
     return {
         s: json.loads((out / s / "stage.json").read_text())
@@ -101,8 +112,11 @@ def records(out: Path) -> dict[str, dict[str, Any]]:
 def same_weights(a: Path, b: Path) -> bool:
     import torch
 
-    sa = torch.load(a, map_location="cpu", weights_only=True)["state_dict"]
-    sb = torch.load(b, map_location="cpu", weights_only=True)["state_dict"]
+    pa = torch.load(a, map_location="cpu", weights_only=True)
+    pb = torch.load(b, map_location="cpu", weights_only=True)
+    if "state_dict" not in pa or "state_dict" not in pb:  # a pretrained checkpoint reference
+        return pa.get("sha256") == pb.get("sha256") and "sha256" in pa
+    sa, sb = pa["state_dict"], pb["state_dict"]
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -131,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", default=str(SHARED / "weights" / "mobilefacenet_casia_068.ckpt")
     )
     ap.add_argument("--workdir", default="runs/fault_injection")
+    ap.add_argument(
+        "--reuse-reference",
+        action="store_true",
+        help="keep a finished reference run of --workdir (its duration: sum of its stages)",
+    )
     args = ap.parse_args(argv)
     for path in (args.train, args.eval, args.checkpoint):
         if not Path(path).exists():
@@ -141,26 +160,35 @@ def main(argv: list[str] | None = None) -> int:
     (work / "pipeline.yaml").write_text(yaml.safe_dump(pipeline(args)))
     eval_name = Path(args.eval).resolve().name
 
-    print("reference run (never interrupted) ...", flush=True)
-    t0 = time.time()
-    proc = start(work, "reference", work / "reference.log")
-    if proc.wait() != 0:
-        print((work / "reference.log").read_text()[-3000:], file=sys.stderr)
-        return 1
-    reference_s = time.time() - t0
-    print(f"  {reference_s:.0f} s", flush=True)
+    reused = args.reuse_reference and all(
+        (work / "reference" / s / "stage.json").exists()
+        for s in ("teacher", "distill", "export", "evaluate")
+    )
+    if reused:
+        reference_s = sum(r["seconds"] for r in records(work / "reference").values())
+        print(f"reference run reused: stages took {reference_s:.0f} s", flush=True)
+    else:
+        print("reference run (never interrupted) ...", flush=True)
+        t0 = time.time()
+        proc = start(work, "reference", work / "reference.log")
+        if proc.wait() != 0:
+            print((work / "reference.log").read_text()[-3000:], file=sys.stderr)
+            return 1
+        reference_s = time.time() - t0
+        print(f"  {reference_s:.0f} s", flush=True)
 
     rng = random.Random(args.seed)
-    out = work / "interrupted"
-    log = work / "interrupted.log"
+    name = f"interrupted-{time.strftime('%Y%m%d-%H%M%S')}"  # a fresh folder and MLflow runs
+    out = work / name
+    log = work / f"{name}.log"
     kills: list[dict[str, Any]] = []
     attempts = 0
     t_start = time.time()
     last_kill = progress(out)
     while len(kills) < args.kills:
         attempts += 1
-        delay = rng.uniform(3.0, reference_s)
-        proc = start(work, "interrupted", log)
+        delay = rng.uniform(3.0, max(10.0, remaining(out, reference_s, work)))
+        proc = start(work, name, log)
         t1 = time.time()
         while proc.poll() is None and (time.time() - t1 < delay or progress(out) == last_kill):
             time.sleep(0.1)
@@ -179,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         last_kill = progress(out)
         kills.append({"kill": len(kills) + 1, "after_s": round(after, 1), "stage": where})
         print(f"  kill {len(kills)}: after {after:5.1f} s, in {where}", flush=True)
-    proc = start(work, "interrupted", log)
+    proc = start(work, name, log)
     if proc.wait() != 0:
         print(log.read_text()[-3000:], file=sys.stderr)
         return 1

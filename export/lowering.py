@@ -194,3 +194,94 @@ def _check_strided_padding(model: onnx.ModelProto, report: LoweringReport) -> No
                 "outputs would differ: pad strided layers the SAME way "
                 "(students.layers.SamePadConv2d)"
             )
+
+
+def splits_to_slices(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Replace ``Split`` nodes with constant split sizes by one ``Slice`` per output.
+
+    onnx2tf turns a Split of uneven parts (EdgeNeXt splits 88 channels as 30/30/28) into
+    strided slices of equal size whose last end lies past the channel count; TFLite clamps
+    it, but XNNPACK refuses the node and the whole model silently falls back to the slow
+    reference kernels. Exact Slice bounds keep the graph on XNNPACK. Returns (model, count).
+    """
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consts = {
+        n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+        for n in model.graph.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
+    }
+    nodes: list[onnx.NodeProto] = []
+    new_init: list[onnx.TensorProto] = []
+    replaced = 0
+    for node in model.graph.node:
+        sizes = None
+        if node.op_type == "Split":
+            if len(node.input) > 1 and node.input[1]:
+                sizes = init.get(node.input[1], consts.get(node.input[1]))
+            else:
+                attr = next((a for a in node.attribute if a.name == "split"), None)
+                sizes = np.array(attr.ints) if attr is not None else None
+        if sizes is None:
+            nodes.append(node)
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        start = 0
+        for i, (out, size) in enumerate(zip(node.output, np.asarray(sizes).tolist(), strict=True)):
+            prefix = f"{node.name or node.output[0]}_slice{i}"
+            for suffix, value in (("starts", start), ("ends", start + size), ("axes", axis)):
+                new_init.append(
+                    numpy_helper.from_array(np.array([value], dtype=np.int64), f"{prefix}_{suffix}")
+                )
+            nodes.append(
+                helper.make_node(
+                    "Slice",
+                    [node.input[0], f"{prefix}_starts", f"{prefix}_ends", f"{prefix}_axes"],
+                    [out],
+                    name=prefix,
+                )
+            )
+            start += size
+        replaced += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(new_init)
+    return model, replaced
+
+
+def clamp_slice_ends(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Clamp constant ``Slice`` ends to the sliced dimension (shapes must be static).
+
+    ``x.chunk(3, dim=1)`` on 88 channels exports a last slice ending at 90: valid ONNX, but the
+    TFLite ``STRIDED_SLICE`` it becomes is refused by XNNPACK, which then drops the whole
+    graph to reference kernels. Run after :func:`fold_constants`. Returns (model, count).
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {
+        v.name: [
+            d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim
+        ]
+        for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    }
+    init = {t.name: t for t in model.graph.initializer}
+    clamped = 0
+    for node in model.graph.node:
+        if node.op_type != "Slice" or len(node.input) < 4:
+            continue
+        shape = shapes.get(node.input[0])
+        ends_t, axes_t = init.get(node.input[2]), init.get(node.input[3])
+        if shape is None or ends_t is None or axes_t is None:
+            continue
+        ends = numpy_helper.to_array(ends_t).copy()
+        axes = numpy_helper.to_array(axes_t)
+        changed = False
+        for i, axis in enumerate(axes.tolist()):
+            dim = shape[axis]
+            if dim is not None and ends[i] > dim:
+                ends[i] = dim
+                changed = True
+        if changed:
+            name = f"{node.input[2]}_clamped_{clamped}"
+            model.graph.initializer.append(numpy_helper.from_array(ends.astype(np.int64), name))
+            node.input[2] = name
+            clamped += 1
+    return model, clamped

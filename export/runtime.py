@@ -17,7 +17,12 @@ class TFLiteRunner:
     """
 
     def __init__(
-        self, flatbuffer: bytes, threads: int = 1, binary: bool = True, indirect_bgemm: bool = True
+        self,
+        flatbuffer: bytes,
+        threads: int = 1,
+        binary: bool = True,
+        indirect_bgemm: bool = True,
+        xnnpack: bool | None = None,
     ) -> None:
         from larq_compute_engine.tflite.python.interpreter import Interpreter
 
@@ -25,7 +30,7 @@ class TFLiteRunner:
             flatbuffer,
             num_threads=threads,
             use_indirect_bgemm=binary and indirect_bgemm,
-            use_xnnpack=not binary,
+            use_xnnpack=(not binary) if xnnpack is None else xnnpack,
         )
         shape = self.interpreter.input_shapes[0]
         if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
@@ -78,6 +83,7 @@ def measure_latency(
     warmup: int = 10,
     instances: int = 3,
     indirect_bgemm: bool = True,
+    xnnpack: bool | None = None,
 ) -> dict[str, float]:
     """Latency pooled over several fresh interpreters of the same flatbuffer.
 
@@ -88,7 +94,9 @@ def measure_latency(
     pooled: list[float] = []
     medians: list[float] = []
     for _ in range(instances):
-        runner = TFLiteRunner(flatbuffer, threads, binary=binary, indirect_bgemm=indirect_bgemm)
+        runner = TFLiteRunner(
+            flatbuffer, threads, binary=binary, indirect_bgemm=indirect_bgemm, xnnpack=xnnpack
+        )
         t = runner.times(runs, warmup)
         pooled.extend(t)
         medians.append(statistics.median(t))

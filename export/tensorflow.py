@@ -20,8 +20,13 @@ _ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
 @CONVERTERS.register("onnx2tf")
-def onnx2tf_convert(onnx_path: str | os.PathLike, saved_model_dir: str | os.PathLike) -> Path:
-    """Convert with onnx2tf (NHWC graph, BatchNorm folded, no layout transposes)."""
+def onnx2tf_convert(
+    onnx_path: str | os.PathLike, saved_model_dir: str | os.PathLike, **options: object
+) -> Path:
+    """Convert with onnx2tf (NHWC graph, BatchNorm folded, no layout transposes).
+
+    ``options`` go to ``onnx2tf.convert`` (e.g. ``output_signaturedefs=True``).
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import onnx2tf
 
@@ -39,6 +44,7 @@ def onnx2tf_convert(onnx_path: str | os.PathLike, saved_model_dir: str | os.Path
                     input_onnx_file_path=str(onnx_path),
                     output_folder_path=str(saved_model_dir),
                     non_verbose=True,
+                    **options,
                 )
             except BaseException as exc:  # onnx2tf calls sys.exit on failure
                 raise RuntimeError(

@@ -73,6 +73,24 @@ class FaceIndex:
         )
 
 
+def merge_indices(indices: Sequence[FaceIndex]) -> FaceIndex:
+    """One index over several ImageFolders; people are named ``<folder>/<person>``."""
+    identities: list[str] = []
+    labels, paths = [], []
+    for index in indices:
+        if index.records is not None:
+            raise ValueError(f"{index.root}: RecordIO sets cannot be merged with ImageFolders")
+        labels.append(index.labels + len(identities))
+        identities += [f"{index.root.name}/{name}" for name in index.identities]
+        paths += index.paths
+    return FaceIndex(
+        root=indices[0].root,
+        paths=tuple(paths),
+        labels=np.concatenate(labels).astype(np.int64),
+        identities=tuple(identities),
+    )
+
+
 # -- ImageFolder listing with a manifest cache ------------------------------------------------
 MANIFEST_DIR = ".facekd"  # hidden: ignored as a person; its writes leave root's mtime alone
 MANIFEST_NAME = "manifest.json"

@@ -1,4 +1,4 @@
-"""Release bundles of a student (files + ``SHA256SUMS``) and the MLflow pyfunc that embeds faces.
+"""Release bundles of a student: its files, ``SHA256SUMS``, and checked loading.
 
 A bundle is a folder ``<name>/<version>/`` holding the LCE ``.tflite``, its float twin, the
 ONNX graph, ``model_card.md``, ``metrics.json`` and ``SHA256SUMS`` (``sha256sum`` format).
@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow.pyfunc
 import numpy as np
 
 from faces.transforms import IMAGE_SIZE
@@ -107,36 +106,3 @@ def load_bundle(folder: str | os.PathLike) -> Bundle:
     if not folder.is_dir():
         raise BundleError(f"release bundle {folder} does not exist")
     return Bundle(folder, verify_sums(folder))
-
-
-class LceFaceEmbedder(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc: aligned uint8 RGB faces (N, 112, 112, 3) -> raw embeddings (N, D).
-
-    Runs the released LCE ``.tflite`` in LCE's interpreter (indirect BGEMM kernels); refuses a
-    flatbuffer whose sha256 differs from the released one.
-    """
-
-    def __init__(self, sha256: str, threads: int = 1) -> None:
-        self.sha256 = sha256
-        self.threads = threads
-        self._runner = None
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from export.runtime import TFLiteRunner
-
-        path = Path(context.artifacts["lce_tflite"])
-        data = path.read_bytes()
-        if sha256_bytes(data) != self.sha256:
-            raise BundleError(f"{path} does not match the released model's sha256")
-        self._runner = TFLiteRunner(data, threads=self.threads, binary=True)
-
-    def predict(
-        self,
-        context: mlflow.pyfunc.PythonModelContext,
-        model_input: np.ndarray | dict[str, np.ndarray],
-        params: dict | None = None,
-    ) -> np.ndarray:
-        assert self._runner is not None, "load_context was not called"
-        if isinstance(model_input, dict):  # a named-tensor call: {"images": array}
-            (model_input,) = model_input.values()
-        return self._runner.embed(images_to_input(model_input)).astype(np.float32)

@@ -17,6 +17,7 @@ EXIT_INTERRUPTED = 130
 from pipelines.align_cmd import add_align_parser  # noqa: E402  (after the TF log setting)
 from pipelines.compare_cmd import add_compare_parser  # noqa: E402
 from pipelines.evaluate_cmd import add_eval_parser  # noqa: E402
+from pipelines.profile_cmd import add_profile_parser  # noqa: E402
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_align_parser(sub)
     add_compare_parser(sub)
+    add_profile_parser(sub)
     from pipelines.release_cmd import add_release_parser
 
     add_release_parser(sub)

@@ -37,11 +37,13 @@ class SyntheticData(Section):
 class DataConfig(Section):
     """``train``: ``synthetic``, an ImageFolder or a RecordIO folder (``train.rec``/``.idx``);
     ``eval``: null (held-out people of ``train``), an ImageFolder, an InsightFace ``.bin`` or an
-    LFW-layout folder with ``eval_pairs_file`` (``pairs.txt``). ``bad_images``: an unreadable
-    or truncated training (or held-out) image stops the run (``fail``) or is left out, counted
-    and listed (``skip``); separate evaluation sets always fail (their protocol is fixed)."""
+    LFW-layout folder with ``eval_pairs_file`` (``pairs.txt``). ``extra_train``: more
+    ImageFolders whose people join ``train`` (names prefixed by the folder). ``bad_images``: an
+    unreadable or truncated training (or held-out) image stops the run (``fail``) or is left
+    out, counted and listed (``skip``); separate evaluation sets always fail (fixed protocol)."""
 
     train: str = "synthetic"
+    extra_train: list[str] = []
     eval: str | None = None
     eval_pairs_file: str | None = None
     eval_name: str | None = None
@@ -54,9 +56,24 @@ class DataConfig(Section):
 
 
 class MarginHeadConfig(Section):
+    """A margin head; ``m1``/``m2``/``m3`` for ``combined``; ``sample_rate`` < 1: PartialFC."""
+
     name: Literal["arcface", "cosface", "combined"] = "arcface"
     s: float = 64.0
     m: float | None = None
+    m1: float | None = None
+    m2: float | None = None
+    m3: float | None = None
+    sample_rate: float = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _margins_fit_the_head(self) -> MarginHeadConfig:
+        combined = (self.m1, self.m2, self.m3)
+        if self.name == "combined" and self.m is not None:
+            raise ValueError("the combined head takes m1, m2, m3, not m")
+        if self.name != "combined" and any(v is not None for v in combined):
+            raise ValueError(f"m1/m2/m3 belong to the combined head, not {self.name} (use m)")
+        return self
 
 
 class TrainConfig(Section):
@@ -68,10 +85,15 @@ class TrainConfig(Section):
     precision: str = "auto"
     eval_every: int = Field(1, ge=1)
     max_minutes: float | None = Field(None, gt=0)
+    devices: int | str = 1  # Lightning: e.g. 4 GPUs, with strategy: ddp
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
 
 
 class TeacherTrainConfig(TrainConfig):
     optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["cosine", "poly"] = "cosine"
+    momentum: float = Field(0.9, ge=0, lt=1)
     warmup_epochs: float = Field(1.0, ge=0)
     weight_decay: float = Field(0.05, ge=0)
     head: MarginHeadConfig = MarginHeadConfig()
@@ -225,6 +247,14 @@ def _resolve_paths(config: PipelineConfig, source: Path) -> None:
             )
         if (Path(train) / "train.rec").is_file() and not (Path(train) / "train.idx").is_file():
             raise ConfigError(f"{source}: data.train: RecordIO folder {train} has no train.idx")
+    for i, extra in enumerate(data.extra_train):
+        if not Path(extra).is_dir():
+            raise ConfigError(f"{source}: data.extra_train[{i}]: folder {extra} does not exist")
+        if train == "synthetic" or (Path(train) / "train.rec").is_file():
+            raise ConfigError(
+                f"{source}: data.extra_train: extra ImageFolders are added to an ImageFolder "
+                f"data.train, not to {train}"
+            )
     if data.eval:
         ev = Path(data.eval)
         if not ev.exists():

@@ -25,6 +25,7 @@ from faces.data import (
     listing_fingerprint,
     load_image,
     make_pairs,
+    merge_indices,
     scan_image_folder,
     split_identities,
 )
@@ -156,6 +157,11 @@ class DataContext:
 
         return {
             "train": train(self.cfg.train),
+            **(
+                {"extra_train": [train(v) for v in self.cfg.extra_train]}
+                if self.cfg.extra_train
+                else {}
+            ),
             "eval": evaluation(self.cfg.eval) if self.separate_eval else None,
             "eval_fraction": None if self.separate_eval else self.cfg.eval_fraction,
             "eval_pairs": None if self.fixed_pairs else self.cfg.eval_pairs,
@@ -169,7 +175,13 @@ class DataContext:
             return _with_min_images(
                 recordio_index(self.cfg.train), self.cfg.min_images_per_identity
             )
-        return scan_image_folder(self._root(self.cfg.train), self.cfg.min_images_per_identity)
+        main = scan_image_folder(self._root(self.cfg.train), self.cfg.min_images_per_identity)
+        if not self.cfg.extra_train:
+            return main
+        extras = [
+            scan_image_folder(f, self.cfg.min_images_per_identity) for f in self.cfg.extra_train
+        ]
+        return merge_indices([main, *extras])
 
     @cached_property
     def _indices(self) -> tuple[FaceIndex, FaceIndex | None]:
@@ -207,7 +219,8 @@ class DataContext:
             return path.stem if path.is_file() else path.resolve().name
         if self.cfg.train == "synthetic":
             return "synthetic"
-        return Path(self.cfg.train).resolve().name + "_heldout"
+        names = [Path(f).resolve().name for f in [self.cfg.train, *self.cfg.extra_train]]
+        return "-".join(names) + "_heldout"  # MLflow metric names allow no "+"
 
     # -- tensors --------------------------------------------------------------------------
     def _decode(self, index: FaceIndex) -> tuple[torch.Tensor, FaceIndex]:

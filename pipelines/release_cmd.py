@@ -137,7 +137,8 @@ def release(run_id: str, name: str, version: str | None, output: Path) -> Path:
     from mlflow.types import Schema, TensorSpec
 
     from export.runtime import TFLiteRunner
-    from pipelines.bundle import LceFaceEmbedder, images_to_input, sha256_bytes, write_sums
+    from pipelines.bundle import images_to_input, sha256_bytes, write_sums
+    from pipelines.pyfunc_model import LceFaceEmbedder
 
     client = _client()
     run = pipeline_run(client, run_id)

@@ -116,6 +116,8 @@ class TeacherStage(Stage):
                 train.lr,
                 train.weight_decay,
                 train.warmup_epochs,
+                train.schedule,
+                train.momentum,
             )
             metrics = fit(
                 module,
@@ -141,7 +143,9 @@ class TeacherStage(Stage):
         }
         roc = _roc_artifact(ctx, {"teacher": roc_curve(scores, labels)[:2]})
         scores_path = ctx.stage_dir / "teacher_scores.npy"
-        np.save(scores_path, scores)
+        tmp = scores_path.with_name("teacher_scores.tmp.npy")
+        np.save(tmp, scores)
+        tmp.replace(scores_path)  # atomic: a killed run never leaves a truncated file
         return StageResult(
             {"teacher": out, "teacher_roc": roc, "teacher_scores": scores_path}, metrics
         )

@@ -124,7 +124,9 @@ def fit(
         max_epochs=cfg.epochs,
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         accelerator="auto",
-        devices=1,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
         precision=_precision(cfg.precision),
         gradient_clip_val=cfg.grad_clip,
         logger=False,
@@ -145,6 +147,8 @@ def fit(
         state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
         print(f"resuming {stage_dir.name} from {last} (after epoch {state['epoch'] + 1})")
         del state
+    else:  # the starting point, logged as step 0
+        sink(verification.evaluate(module, 0), 0)
     trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
     if verification.last_epoch != trainer.current_epoch:  # stopped by max_time, or resumed
         sink(verification.evaluate(module, trainer.current_epoch), trainer.current_epoch)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faces.callbacks import check_finite
-from faces.margins import MARGIN_HEADS
+from faces.margins import create_margin_head
 from faces.transforms import augment, normalise
 
 
@@ -32,25 +32,28 @@ class MarginTrainer(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_epochs: float = 1.0,
+        schedule: str = "cosine",
+        momentum: float = 0.9,
     ) -> None:
         super().__init__()
         self.model = model
         head = dict(head)
-        self.head = MARGIN_HEADS.create(
-            head.pop("name"), embedding_size=embedding_size, num_classes=num_classes, **head
-        )
+        self.head = create_margin_head(head.pop("name"), embedding_size, num_classes, **head)
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
         self.warmup_epochs = warmup_epochs
+        if schedule not in ("cosine", "poly"):
+            raise ValueError(f"unknown schedule {schedule!r} (cosine or poly)")
+        self.schedule, self.momentum = schedule, momentum
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         images, labels = batch
         emb = self.model(normalise(augment(images)).to(self.device))
-        logits = self.head(emb, labels)
-        loss = F.cross_entropy(logits, labels)
+        logits, targets = self.head.train_logits(emb, labels)
+        loss = F.cross_entropy(logits, targets)
         check_finite(loss, self.global_step, batch_idx)
-        acc = (logits.argmax(1) == labels).float().mean()
+        acc = (logits.argmax(1) == targets).float().mean()
         self.log("train.loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train.acc", acc, on_step=False, on_epoch=True)
         return loss
@@ -58,7 +61,9 @@ class MarginTrainer(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         params = list(self.model.parameters()) + list(self.head.parameters())
         if self.optimizer_name == "sgd":
-            opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+            opt = torch.optim.SGD(
+                params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            )
         elif self.optimizer_name == "adamw":
             opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         else:
@@ -69,8 +74,10 @@ class MarginTrainer(pl.LightningModule):
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            if self.schedule == "poly":  # InsightFace's polynomial decay, power 2
+                return (1 - progress) ** 2
+            return 0.5 * (1 + math.cos(math.pi * progress))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

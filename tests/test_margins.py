@@ -219,3 +219,25 @@ def test_registry_unknown_name() -> None:
     reg.register("a")(lambda: 2)
     with pytest.raises(KeyError, match="known: a, b"):
         reg.create("q")
+
+
+def test_partial_fc_samples_centres_and_keeps_the_batch_people() -> None:
+    from faces.margins import PartialFC, create_margin_head
+
+    torch.manual_seed(0)
+    head = create_margin_head("arcface", 16, 1000, sample_rate=0.1, s=32.0)
+    assert isinstance(head, PartialFC)
+    emb = torch.randn(8, 16, requires_grad=True)
+    labels = torch.tensor([3, 3, 999, 10, 500, 7, 7, 0])
+    logits, targets = head.train_logits(emb, labels)
+    assert logits.shape == (8, 100)
+    # each target column is the label's own centre: same logit as the full head gives
+    full = head.head(emb, labels)
+    torch.testing.assert_close(logits.gather(1, targets[:, None]), full.gather(1, labels[:, None]))
+    torch.nn.functional.cross_entropy(logits, targets).backward()
+    touched = (head.weight.grad.abs().sum(1) > 0).nonzero().flatten()
+    assert len(touched) == 100 and set(labels.tolist()) <= set(touched.tolist())
+    assert head(emb.detach()).shape == (8, 1000)  # evaluation sees every centre
+    assert not isinstance(create_margin_head("cosface", 16, 10), PartialFC)
+    with pytest.raises(ValueError, match="sample_rate"):
+        PartialFC(head.head, 1.5)

@@ -153,3 +153,18 @@ def test_config_paths(tmp_path: Path, sets: dict[str, Path]) -> None:
     assert "data.eval_pairs_file" in error(
         {"eval": str(sets["bin"]), "eval_pairs_file": str(sets["pairs"])}
     )
+
+
+def test_extra_training_folders_join_the_people(tmp_path: Path, sets: dict[str, Path]) -> None:
+    ctx = _context(tmp_path, {"train": str(sets["folder"]), "extra_train": [str(sets["other"])]})
+    index = ctx._scan_train()
+    assert len(index.identities) == IDS + 3 and len(index) == IDS * PER + 6
+    assert index.identities[-1].startswith("other/") and index.identities[0].startswith("faces/")
+    assert set(np.unique(index.labels)) == set(range(IDS + 3))
+    assert ctx.eval_name == "faces-other_heldout"
+    held = set(ctx.eval_index.identities)
+    assert held and not held & set(ctx.train_index.identities)
+    alone = _context(tmp_path, {"train": str(sets["folder"])})
+    assert ctx.fingerprint() != alone.fingerprint()
+    with pytest.raises(ConfigError, match=r"data.extra_train\[0\]"):
+        _context(tmp_path, {"train": str(sets["folder"]), "extra_train": ["/nowhere"]})
