@@ -132,6 +132,33 @@ def mlflow_runs(work: Path, out: Path) -> list[Any]:
     )
 
 
+def mlflow_checks(runs: list[Any], completions: int) -> dict[str, bool]:
+    """One parent run per completed invocation (kills and resumes add none), at most one run
+    per stage under each parent, the first parent holding all four stages, none RUNNING."""
+    parents = sorted(
+        (r for r in runs if "facekd.stage" not in r.data.tags), key=lambda r: r.info.start_time
+    )
+    by_parent: dict[str, list[str]] = {p.info.run_id: [] for p in parents}
+    for r in runs:
+        if "facekd.stage" in r.data.tags:
+            by_parent.setdefault(r.data.tags.get("mlflow.parentRunId", "?"), []).append(
+                r.data.tags["facekd.stage"]
+            )
+    stages = list(by_parent.values())
+    return {
+        f"{completions} MLflow parent run(s), one per completed invocation": len(parents)
+        == completions
+        and set(by_parent) == {p.info.run_id for p in parents},
+        "no stage run twice under one parent (resumed, not duplicated)": all(
+            len(s) == len(set(s)) for s in stages
+        ),
+        "first parent holds teacher, distill, export, evaluate": bool(parents)
+        and sorted(by_parent[parents[0].info.run_id])
+        == sorted(["teacher", "distill", "export", "evaluate"]),
+        "no MLflow run left RUNNING": all(r.info.status != "RUNNING" for r in runs),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=5)
@@ -182,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     out = work / name
     log = work / f"{name}.log"
     kills: list[dict[str, Any]] = []
-    attempts = 0
+    attempts = finished_early = 0
     t_start = time.time()
     last_kill = progress(out)
     while len(kills) < args.kills:
@@ -196,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             if proc.returncode != 0:
                 print(log.read_text()[-3000:], file=sys.stderr)
                 return 1
+            finished_early += 1
             print(f"  attempt {attempts}: finished before the kill at {delay:.0f} s; again")
             for stage in ("evaluate", "export"):  # redo the last stages to keep killing
                 (out / stage / "stage.json").unlink(missing_ok=True)
@@ -232,11 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 checks[f"{stage} {key} equal"] = abs(a - b) <= 1e-9
     lat = ("bench.latency_ms_p50", ref["evaluate"]["metrics"], res["evaluate"]["metrics"])
     rows.append((f"evaluate: {lat[0]} (timing noise)", lat[1][lat[0]], lat[2][lat[0]]))
-    runs = mlflow_runs(work, out)
-    parents = [r for r in runs if "facekd.stage" not in r.data.tags]
-    checks["one MLflow parent run"] = len(parents) == 1
-    checks["no MLflow run left RUNNING"] = all(r.info.status != "RUNNING" for r in runs)
-    checks["one MLflow run per stage"] = len(runs) - len(parents) == 4
+    checks.update(mlflow_checks(mlflow_runs(work, out), completions=finished_early + 1))
 
     print(f"\n{'metric':52s} {'uninterrupted':>14s} {'killed+resumed':>15s}")
     for name, a, b in rows:
