@@ -46,9 +46,47 @@ def _accuracies(metrics: dict[str, float], prefix: str = "") -> dict[str, float]
     return out
 
 
-def row_from_run(run: Any, experiment: str = "") -> CompareRow | None:
-    """A comparison row from a pipeline's parent run (``facekd.summary`` tag), else None."""
+def summary_from_children(children: list[Any]) -> tuple[dict[str, str], dict[str, float]]:
+    """The parent-run summary rebuilt from its stage runs (runs logged before summaries)."""
+    by_stage = {c.data.tags.get("facekd.stage"): c for c in children}
+    if "evaluate" not in by_stage:
+        return {}, {}
+    tags = {"facekd.summary": "1", "facekd.bits": "W1A1"}
+    metrics: dict[str, float] = {}
+    if "teacher" in by_stage:
+        t = by_stage["teacher"]
+        tags["facekd.teacher"] = t.data.params.get("teacher.model", "?")
+        metrics.update({f"teacher.{k}": v for k, v in t.data.metrics.items()})
+    if "distill" in by_stage:
+        d = by_stage["distill"]
+        tags["facekd.student"] = d.data.params.get("distill.student", "?")
+        losses = sorted(
+            k.split(".", 2)[2] for k in d.data.params if k.startswith("distill.losses.")
+        )
+        tags["facekd.distill.method"] = "+".join(losses) or "?"
+        if "model.params" in d.data.metrics:
+            metrics["model.params"] = d.data.metrics["model.params"]
+    for stage in ("export", "evaluate"):
+        if stage in by_stage:
+            metrics.update(
+                {
+                    k: v
+                    for k, v in by_stage[stage].data.metrics.items()
+                    if k.startswith(("verify.", "bench.", "model.", "export."))
+                }
+            )
+    return tags, metrics
+
+
+def row_from_run(
+    run: Any, experiment: str = "", children: list[Any] | None = None
+) -> CompareRow | None:
+    """A comparison row from a pipeline's parent run (``facekd.summary`` tag) or, for runs
+    logged before parent summaries existed, from its ``children`` stage runs; else None."""
     tags, m = run.data.tags, run.data.metrics
+    if tags.get("facekd.summary") != "1" and children:
+        extra_tags, extra_metrics = summary_from_children(children)
+        tags, m = {**tags, **extra_tags}, {**m, **extra_metrics}
     if tags.get("facekd.summary") != "1" or "bench.fps" not in m:
         return None
     return CompareRow(
@@ -90,10 +128,31 @@ def collect_rows(experiments: list[str]) -> list[CompareRow]:
             raise ConfigError(f"no MLflow experiment named {name!r} at {tracking_uri()}")
         runs = mlflow.search_runs(
             [exp.experiment_id],
-            filter_string="tags.`facekd.summary` = '1' and attributes.status = 'FINISHED'",
+            filter_string="attributes.status = 'FINISHED'",
             output_format="list",
         )
-        rows += [r for run in runs if (r := row_from_run(run, name)) is not None]
+        children: dict[str, list[Any]] = {}
+        for run in runs:
+            if "facekd.stage" in run.data.tags:
+                children.setdefault(run.data.tags.get("mlflow.parentRunId", ""), []).append(run)
+        parents = sorted(
+            (r for r in runs if not {"facekd.stage", "facekd.kind"} & set(r.data.tags)),
+            key=lambda r: r.info.start_time,
+        )
+        latest: dict[tuple[str, str], Any] = {}  # (output dir, stage) -> latest stage run
+        for run in parents:
+            own = children.get(run.info.run_id, [])
+            where = run.data.tags.get("facekd.output_dir", "")
+            stages = {c.data.tags["facekd.stage"]: c for c in own}
+            # stages reused from an earlier invocation on the same output folder
+            for stage in ("teacher", "distill", "export"):
+                if stage not in stages and (where, stage) in latest:
+                    own = [*own, latest[(where, stage)]]
+            for c in children.get(run.info.run_id, []):
+                latest[(where, c.data.tags["facekd.stage"])] = c
+            row = row_from_run(run, name, own)
+            if row is not None:
+                rows.append(row)
     return rows
 
 
@@ -202,13 +261,15 @@ def plot_pareto(rows: list[CompareRow], metric: str, path: Path) -> Path:
             c="tab:red",
             label="Pareto front",
         )
-    for r, a, f in points:
+    offsets = [(8, 8), (8, -22), (-90, 8), (-90, -22)]  # staggered: close points stay legible
+    for i, (r, a, f) in enumerate(sorted(points, key=lambda p: (p[2], p[1]))):
         ax.annotate(
             f"{r.student} ({r.method})\n{r.run_id[:8]}",
             (f, a),
             textcoords="offset points",
-            xytext=(6, 4),
+            xytext=offsets[i % len(offsets)],
             fontsize=8,
+            arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6},
         )
     ax.set_xlabel("student FPS (LCE interpreter, batch 1)")
     ax.set_ylabel(f"{metric} (10-fold)")

@@ -1,0 +1,89 @@
+"""Comparison rows, the Pareto front and the figure, on hand-made runs (no tracking server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from pipelines.compare_cmd import (
+    CompareRow,
+    format_table,
+    mark_pareto,
+    plot_pareto,
+    row_from_run,
+)
+
+
+def _row(run_id: str, acc: float | None, fps: float | None) -> CompareRow:
+    return CompareRow(
+        run_id=run_id,
+        pipeline="p",
+        teacher="t",
+        student="s",
+        method="cosine",
+        bits="W1A1",
+        params=1e6,
+        binary_macs=1e8,
+        float_macs=1e7,
+        size_bytes=5e5,
+        latency_ms=None if fps is None else 1000 / fps,
+        fps=fps,
+        speedup=1.5,
+        accuracy={} if acc is None else {"lfw": acc},
+    )
+
+
+def test_pareto_front_keeps_runs_no_other_beats_on_both() -> None:
+    rows = [
+        _row("fast", 0.80, 400),
+        _row("accurate", 0.95, 100),
+        _row("dominated", 0.79, 300),  # fast is better on both
+        _row("tie_fps", 0.80, 400),  # equal to fast: neither dominates
+        _row("no_acc", None, 1000),
+    ]
+    mark_pareto(rows, "verify.lfw.acc")
+    front = {r.run_id for r in rows if r.pareto}
+    assert front == {"fast", "accurate", "tie_fps"}
+    table = format_table(rows, "verify.lfw.acc")
+    assert table.splitlines()[1].startswith("*") and "0.8000" in table
+
+
+def test_figure_is_written(tmp_path: Path) -> None:
+    rows = [_row("a", 0.8, 400), _row("b", 0.9, 100)]
+    mark_pareto(rows, "verify.lfw.acc")
+    out = plot_pareto(rows, "verify.lfw.acc", tmp_path / "pareto.png")
+    assert out.stat().st_size > 5_000
+
+
+def _run(run_id: str, tags: dict, metrics: dict, params: dict | None = None) -> SimpleNamespace:
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id=run_id, run_name="x", start_time=0),
+        data=SimpleNamespace(tags=tags, metrics=metrics, params=params or {}),
+    )
+
+
+def test_row_from_a_summary_or_rebuilt_from_stage_runs() -> None:
+    summary = _run(
+        "p1",
+        {"facekd.summary": "1", "facekd.teacher": "mobilefacenet", "facekd.student": "s"},
+        {"bench.fps": 300.0, "verify.lfw.acc": 0.9, "teacher.verify.lfw.acc": 0.99},
+    )
+    row = row_from_run(summary)
+    assert row.teacher == "mobilefacenet" and row.accuracy == {"lfw": 0.9}
+    assert row.teacher_accuracy == {"lfw": 0.99}
+    # an older parent run without a summary: lineage and metrics from its stages
+    old = _run("p2", {"facekd.pipeline": "old"}, {})
+    children = [
+        _run("c1", {"facekd.stage": "teacher"}, {"verify.lfw.acc": 0.97}, {"teacher.model": "m"}),
+        _run(
+            "c2",
+            {"facekd.stage": "distill"},
+            {"model.params": 2e6},
+            {"distill.student": "birealface", "distill.losses.cosine": "1.0"},
+        ),
+        _run("c3", {"facekd.stage": "evaluate"}, {"bench.fps": 250.0, "verify.lfw.acc": 0.8}),
+    ]
+    row = row_from_run(old, children=children)
+    assert (row.teacher, row.student, row.method) == ("m", "birealface", "cosine")
+    assert row.params == 2e6 and row.fps == 250.0 and row.teacher_accuracy == {"lfw": 0.97}
+    assert row_from_run(old, children=children[:2]) is None  # never evaluated: no row
