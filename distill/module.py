@@ -1,4 +1,4 @@
-"""Embedding-level distillation of a frozen teacher into a (binarized) student."""
+"""Distillation of a frozen teacher into a (binarized) student, or training it alone."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from distill.losses import WeightedLoss
+from distill.losses import LossContext, WeightedLoss
 from faces.callbacks import check_finite
 from faces.transforms import augment, normalise
 
@@ -40,12 +41,16 @@ def cached_teacher_embeddings(
     """:func:`teacher_embeddings`, kept in the file ``cache`` for the same teacher and images.
 
     ``teacher_key`` identifies the teacher's weights (e.g. its artifact's sha256); the images
-    are hashed. A resumed or repeated distillation skips the teacher pass entirely.
+    are hashed. A resumed or repeated distillation skips the teacher pass entirely. When
+    ``cache`` is a folder, the file in it is named by that key, so that runs with other
+    images (or several runs of an ablation) share the folder.
     """
     h = hashlib.sha256(teacher_key.encode())
     h.update(str(tuple(images.shape)).encode())
     h.update(images.contiguous().numpy().tobytes())
     key = h.hexdigest()
+    if cache.is_dir():
+        cache = cache / f"{key[:32]}.pt"
     if cache.is_file():
         try:
             stored = torch.load(cache, map_location="cpu", weights_only=True)
@@ -54,66 +59,155 @@ def cached_teacher_embeddings(
         except Exception:  # noqa: BLE001 - an unreadable cache is recomputed
             pass
     embeddings = teacher_embeddings(teacher, images)
-    tmp = cache.with_name(cache.name + ".tmp")
+    tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp")
     torch.save({"key": key, "embeddings": embeddings}, tmp)
     os.replace(tmp, cache)
     return embeddings
 
 
-class EmbeddingDistiller(pl.LightningModule):
-    """Student learns the teacher's embeddings of the same augmented batch.
+def class_centres(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    head_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's class centres and each class's spread around its centre.
 
-    The teacher is frozen (eval mode, no gradients). Batches are ``(images, indices)`` (or
-    ``(images, labels)``); labels are not used, so unlabelled faces are as useful as labelled
-    ones. With ``cached`` teacher embeddings (see ``teacher_embeddings``), indices select the
-    targets and only the student runs. Adam with linear decay to zero, the usual setting for
-    binary networks (Bi-Real Net, QuickNet).
+    ``embeddings``: teacher embeddings of the labelled images, (N, D) or (N, V, D) with views
+    (image and mirror) that all count. Centres: the rows of ``head_weight`` (a trained margin
+    head's centres) when given, else the normalised mean of each class's normalised
+    embeddings. Spread: the mean cosine of a class's embeddings to its centre, (C,); a class
+    without images gets centre 0 and spread 0.
+    """
+    e = F.normalize(embeddings.float(), dim=-1)
+    if e.dim() == 3:
+        views = e.shape[1]
+        e = e.reshape(-1, e.shape[-1])
+        labels = labels.repeat_interleave(views)
+    labels = labels.long()
+    sums = torch.zeros(num_classes, e.shape[1]).index_add_(0, labels, e)
+    counts = torch.bincount(labels, minlength=num_classes).float()
+    if head_weight is not None:
+        if tuple(head_weight.shape) != (num_classes, e.shape[1]):
+            raise ValueError(
+                f"teacher head of shape {tuple(head_weight.shape)} for {num_classes} classes "
+                f"of {e.shape[1]}-d embeddings"
+            )
+        centres = F.normalize(head_weight.detach().float(), dim=1)
+    else:
+        centres = F.normalize(sums, dim=1)
+    cos_sum = torch.zeros(num_classes).index_add_(0, labels, (e * centres[labels]).sum(1))
+    spread = cos_sum / counts.clamp_min(1)
+    return centres, spread
+
+
+class Distiller(pl.LightningModule):
+    """A student learns from a frozen teacher, from labels, or both, by weighted losses.
+
+    Batches are ``images``, ``(images, indices)`` or ``(images, indices, labels)``; a label
+    of -1 marks an unlabelled image, which only the label-free losses see (see
+    ``distill.losses.WeightedLoss``). The teacher is frozen (eval mode, no gradients); with
+    ``cached`` teacher embeddings (see ``teacher_embeddings``) the indices select the
+    targets and only the student runs. Without a loss that uses the teacher, ``teacher`` may
+    be None: the student trains alone (the no-teacher baseline). Losses with class heads get
+    ``context`` (class count, the teacher's centres). The student and the losses' trainable
+    heads are optimised by ``students.schedules.bnn_optimizer``: by default Adam with linear
+    decay to zero, the usual setting for binary networks (Bi-Real Net, QuickNet).
+    ``augment=False`` trains on the images as they are (no flips, shifts or jitter).
     """
 
     def __init__(
         self,
         student: nn.Module,
-        teacher: nn.Module,
-        losses: dict[str, float],
+        teacher: nn.Module | None,
+        losses: dict[str, Any],
         lr: float = 2e-3,
         weight_decay: float = 0.0,
         cached: torch.Tensor | None = None,
+        context: LossContext | None = None,
+        optimizer: str = "adam",
+        schedule: str = "linear",
+        warmup_epochs: float = 0.0,
+        momentum: float = 0.9,
+        augment: bool = True,
     ) -> None:
         super().__init__()
         self.model = student
-        self.teacher = teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.loss = WeightedLoss(losses)
+        self.loss = WeightedLoss(losses, context)
+        if self.loss.uses_teacher and teacher is None and cached is None:
+            raise ValueError(f"the losses {sorted(losses)} need a teacher")
+        self.teacher = teacher.eval() if teacher is not None else None
+        if self.teacher is not None:
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
         self.lr, self.weight_decay = lr, weight_decay
+        self.optimizer_name, self.schedule = optimizer, schedule
+        self.warmup_epochs, self.momentum = warmup_epochs, momentum
         self.cached = cached
+        self.augment = augment
 
-    def train(self, mode: bool = True) -> EmbeddingDistiller:
+    def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
-        self.teacher.eval()  # the teacher's BatchNorm statistics never move
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher's BatchNorm statistics never move
         return self
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if self.cached is not None:
-            index = batch[1]
+        if isinstance(batch, (tuple, list)):
+            images = batch[0]
+            index = batch[1] if len(batch) > 1 else None
+            labels = batch[2] if len(batch) > 2 else None
+        else:
+            images, index, labels = batch, None, None
+        if labels is None:
+            labels = torch.full((len(images),), -1, dtype=torch.long)
+        labels = labels.to(self.device)
+        target = None
+        if not self.augment:
+            x = normalise(images).to(self.device)
+            mirror = torch.zeros(len(images), dtype=torch.bool)
+        elif self.cached is not None and self.loss.uses_teacher:
+            # the cache holds the teacher's view of each image and of its mirror
             mirror = torch.rand(len(images)) < 0.5
             images = torch.where(mirror[:, None, None, None], images.flip(-1), images)
             x = normalise(augment(images, flip=False)).to(self.device)
-            target = self.cached[index.cpu(), mirror.long()].to(self.device)
         else:
             x = normalise(augment(images)).to(self.device)
-            with torch.no_grad():
-                target = self.teacher(x)
-        total, parts = self.loss(self.model(x), target)
+        if self.loss.uses_teacher:
+            if self.cached is not None:
+                target = self.cached[index.cpu(), mirror.long()].to(self.device)
+            else:
+                with torch.no_grad():
+                    target = self.teacher(x)
+        total, parts = self.loss(self.model(x), target, labels)
         check_finite(total, self.global_step, batch_idx)
         self.log("train.loss", total, on_step=False, on_epoch=True, prog_bar=True)
         for name, value in parts.items():
             self.log(f"train.loss_{name}", value, on_step=False, on_epoch=True)
         return total
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The student's parameters and those of the losses' heads (never the teacher's)."""
+        params = list(self.model.parameters())
+        params += [p for p in self.loss.parameters() if p.requires_grad]
+        return params
+
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        from students.schedules import bnn_optimizer
+
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1 - step / total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        warmup = int(self.warmup_epochs * total / max(1, self.trainer.max_epochs or 1))
+        return bnn_optimizer(
+            self.trainable_parameters(),
+            total,
+            self.lr,
+            self.optimizer_name,
+            self.schedule,
+            self.weight_decay,
+            warmup,
+            self.momentum,
+        )
+
+
+EmbeddingDistiller = Distiller
+"""The former name (embedding losses only), kept for existing code."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -124,3 +125,60 @@ def onnxruntime_latency(
         sess.run(None, {inp.name: x})
         times.append((time.perf_counter() - t0) * 1000)
     return _summary(times, [])
+
+
+def litert_latency(
+    flatbuffer: bytes,
+    *,
+    threads: int = 1,
+    runs: int = 50,
+    warmup: int = 10,
+    xnnpack: bool = False,
+) -> dict[str, float]:
+    """Latency of a (non-LCE) flatbuffer in ai-edge-litert's interpreter, batch 1.
+
+    ``xnnpack=False`` uses the builtin optimised kernels without any default delegate: the
+    reference point for what XNNPACK adds.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = Interpreter(
+        model_content=flatbuffer, num_threads=threads, experimental_op_resolver_type=resolver
+    )
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    x = np.random.default_rng(0).standard_normal(inp["shape"]).astype(inp["dtype"])
+    times = []
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1000)
+    return _summary(times, [])
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far.
+
+    Linux: ``VmHWM`` of /proc/self/status (reset by exec; ``ru_maxrss`` is not: a child
+    started by a big parent reports the parent's size). Elsewhere ``ru_maxrss``.
+    """
+    import resource
+    import sys
+
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)

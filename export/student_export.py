@@ -6,7 +6,6 @@ every binarized convolution became ``LceBconv2d`` and measures parity against Py
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -16,20 +15,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.layer_report import layer_table, layers_json, write_markdown
 from export.lowering import lower_bipolar_quant
 from export.onnx_export import export_float_onnx, export_qonnx, save_onnx
+from export.onnx_tf import read_prep
 from export.runtime import TFLiteRunner
 from export.tensorflow import CONVERTERS
 from export.tflite import (
     convert_float,
     convert_lce,
     flatbuffer_macs,
-    flatbuffer_ops,
-    is_binary_filter,
     op_histogram,
     save_flatbuffer,
 )
-from students.layers import BinaryConv2d
 
 
 class CoverageError(RuntimeError):
@@ -47,33 +45,32 @@ class ExportResult:
     report: str
     metrics: dict[str, float] = field(default_factory=dict)
     float_layers: list[str] = field(default_factory=list)
+    report_md: str = ""
 
 
-def _sign_key(weight: np.ndarray) -> str:
-    return hashlib.sha1(np.packbits(weight.reshape(-1) >= 0).tobytes()).hexdigest()
+def _onnx_scope_to_module(node_name: str) -> str:
+    """``/stages/stages.0/conv/conv/Conv`` -> ``stages.0.conv`` (the BinaryConv2d's name)."""
+    name = ""
+    for part in node_name.strip("/").split("/")[:-1]:
+        name = part if not name or part.startswith(name + ".") else f"{name}.{part}"
+    return name.removesuffix(".conv")
 
 
-def binary_layer_table(model: nn.Module) -> dict[str, str]:
-    """Binarized convolutions of ``model`` by qualified name -> hash of their weight signs."""
-    table = {}
-    for name, m in model.named_modules():
-        if isinstance(m, BinaryConv2d) and m.binary:
-            w = m.conv.weight.detach().cpu().numpy()
-            table[name] = _sign_key(w)
-    return table
+def parity(reference: np.ndarray, got: np.ndarray, against: str) -> dict[str, float | str]:
+    """Minimum cosine and maximum absolute difference of two embedding batches."""
+    return {
+        "reference": against,
+        "cosine_min": float(_cosines(reference, got).min()),
+        "max_abs_diff": float(np.abs(reference - got).max()),
+    }
 
 
-def unfused_layers(flatbuffer: bytes, table: dict[str, str]) -> list[str]:
-    """Names of binarized layers whose filter survives as a float conv in the flatbuffer."""
-    by_key = {v: k for k, v in table.items()}
-    left = []
-    for op in flatbuffer_ops(flatbuffer):
-        if op.filter is None or not is_binary_filter(op.filter):
-            continue
-        # TFLite filters are (O, kh, kw, I) (depthwise: (1, kh, kw, O)); PyTorch (O, I, kh, kw).
-        key = _sign_key(op.filter.transpose(0, 3, 1, 2))
-        left.append(by_key.get(key, f"{op.name} #{op.index} (unmatched)"))
-    return left
+def _onnx_embed(path: str | os.PathLike, batch: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: batch[i : i + 1]})[0] for i in range(len(batch))])
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -104,40 +101,52 @@ def export_student(
     onnx_path = save_onnx(lowered, out / "student.onnx")
     float_onnx_path = save_onnx(export_float_onnx(float_twin), out / "student_float.onnx")
 
-    lce_fb = convert_lce(convert(onnx_path, out / "saved_model"))
+    binary_convs = lowering.binary_convs
+    lce_saved = convert(onnx_path, out / "saved_model", binary_convs=binary_convs)
+    lce_fb = convert_lce(lce_saved)
     float_fb = convert_float(convert(float_onnx_path, out / "saved_model_float"))
     lce_path = save_flatbuffer(lce_fb, out / "student_lce.tflite")
     float_path = save_flatbuffer(float_fb, out / "student_float.tflite")
 
-    table = binary_layer_table(student)
+    notes = {}
+    prep = read_prep(lce_saved)
+    if prep is not None:
+        notes = {_onnx_scope_to_module(k): f"onnx-tf: {v}" for k, v in prep.skipped.items()}
+    kept = {_onnx_scope_to_module(n).split(".act")[0] for n in lowering.kept_scales}
+    layers = layer_table(student, lce_fb, notes, kept)
+    left = [e.name for e in layers if not e.binary]
     ops = op_histogram(lce_fb)
-    n_binary = len(table)
-    n_bconv = ops.get("LceBconv2d", 0)
-    left = unfused_layers(lce_fb, table)
-    coverage = min(n_bconv, n_binary) / n_binary if n_binary else 1.0
+    n_binary = len(layers)
+    n_bconv = sum(e.binary for e in layers)
+    coverage = n_bconv / n_binary if n_binary else 1.0
 
+    x = probe.numpy()
     with torch.no_grad():
         ref = student(probe).numpy()
         ref_float = float_twin(probe).numpy()
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    onnx_out = np.concatenate(
-        [
-            sess.run(None, {sess.get_inputs()[0].name: probe[i : i + 1].numpy()})[0]
-            for i in range(len(probe))
-        ]
-    )
-    lce_out = TFLiteRunner(lce_fb, binary=True).embed(probe.numpy())
-    float_out = TFLiteRunner(float_fb, binary=False).embed(probe.numpy())
+    checks = {
+        "onnx": parity(ref, _onnx_embed(onnx_path, x), "pytorch"),
+        "lce": parity(ref, TFLiteRunner(lce_fb, binary=True).embed(x), "pytorch"),
+        "onnx_float": parity(ref_float, _onnx_embed(float_onnx_path, x), "pytorch_float"),
+        "tflite_float": parity(
+            ref_float, TFLiteRunner(float_fb, binary=False).embed(x), "pytorch_float"
+        ),
+    }
     metrics = {
         "export.bconv_coverage": coverage,
         "export.binary_convs": float(n_binary),
-        "export.lce_bconv_ops": float(n_bconv),
-        "export.cosine_min": float(_cosines(ref, lce_out).min()),
-        "export.max_abs_diff": float(np.abs(ref - lce_out).max()),
-        "export.onnx_cosine_min": float(_cosines(ref, onnx_out).min()),
-        "export.float_cosine_min": float(_cosines(ref_float, float_out).min()),
+        "export.lce_bconv_ops": float(ops.get("LceBconv2d", 0)),
+        **{
+            f"export.parity.{runtime}.{key}": float(value)
+            for runtime, p in checks.items()
+            for key, value in p.items()
+            if key != "reference"
+        },
+        # the names of earlier reports (LCE and ONNX vs PyTorch, float TFLite vs its twin)
+        "export.cosine_min": checks["lce"]["cosine_min"],
+        "export.max_abs_diff": checks["lce"]["max_abs_diff"],
+        "export.onnx_cosine_min": checks["onnx"]["cosine_min"],
+        "export.float_cosine_min": checks["tflite_float"]["cosine_min"],
         "model.size_bytes": float(len(lce_fb)),
         "model.float_size_bytes": float(len(float_fb)),
         **{f"model.{k}": float(v) for k, v in flatbuffer_macs(lce_fb).items()},
@@ -145,11 +154,14 @@ def export_student(
     report = {
         "converter": converter,
         "bconv_coverage": coverage,
-        "binary_layers": list(table),
+        "layers": layers_json(layers),
+        "binary_layers": [e.name for e in layers],
         "float_layers": left,
+        "parity": checks,
         "lce_ops": ops,
         "float_ops": op_histogram(float_fb),
         "lowering": asdict(lowering),
+        "onnx_tf": asdict(prep) if prep is not None else None,
         "metrics": metrics,
         "probe_images": len(probe),
     }
@@ -157,11 +169,13 @@ def export_student(
     tmp = report_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, report_path)
+    markdown = write_markdown(report, out / "export_report.md")
     if coverage < 1.0 and not allow_partial:
+        why = "; ".join(f"{e.name}: {e.became}, {e.reason}" for e in layers if not e.binary)
         raise CoverageError(
             f"only {n_bconv} of {n_binary} binarized convolutions became LceBconv2d "
-            f"(coverage {coverage:.2f}); layers left float: {', '.join(left) or 'unknown'}. "
-            f"See {report_path}; set export.allow_partial: true to accept."
+            f"(coverage {coverage:.2f}); layers left float: {why}. "
+            f"See {markdown}; set export.allow_partial: true to accept."
         )
     return ExportResult(
         str(onnx_path),
@@ -171,4 +185,5 @@ def export_student(
         str(report_path),
         metrics,
         left,
+        str(markdown),
     )

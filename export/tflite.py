@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,31 @@ def convert_float(saved_model_dir: str | os.PathLike) -> bytes:
     return tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir)).convert()
 
 
+def convert_int8(saved_model_dir: str | os.PathLike, calibration: np.ndarray) -> bytes:
+    """Post-training full-integer quantization (int8 weights and activations, float I/O).
+
+    ``calibration``: normalised float images (N, 3, H, W) of real aligned faces, fed one at
+    a time in the SavedModel's own layout (NHWC or NCHW) as the representative dataset.
+    """
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    signature = loaded.signatures["serving_default"]
+    shape = next(iter(signature.structured_input_signature[1].values())).shape
+    images = calibration if shape[1] == 3 else calibration.transpose(0, 2, 3, 1)
+    images = np.ascontiguousarray(images, dtype=np.float32)
+
+    def representative() -> object:
+        for image in images:
+            yield [image[None]]
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
 @dataclass(frozen=True)
 class FlatbufferOp:
     """One operator of a TFLite flatbuffer, with its filter when it is a convolution."""
@@ -33,6 +58,9 @@ class FlatbufferOp:
     index: int
     name: str
     filter: np.ndarray | None
+    inputs: tuple[int, ...] = ()
+    outputs: tuple[int, ...] = ()
+    options: dict = field(default_factory=dict, compare=False)  # custom ops' options
 
 
 def _schema():
@@ -68,8 +96,40 @@ def flatbuffer_ops(flatbuffer: bytes) -> list[FlatbufferOp]:
                 filt = np.frombuffer(data.tobytes(), dtype=np.float32).reshape(
                     tensor.ShapeAsNumpy()
                 )
-        ops.append(FlatbufferOp(i, name, filt))
+        inputs = tuple(int(op.Inputs(j)) for j in range(op.InputsLength()))
+        outputs = tuple(int(op.Outputs(j)) for j in range(op.OutputsLength()))
+        options = _custom_options(op) if name.startswith("Lce") else {}
+        ops.append(FlatbufferOp(i, name, filt, inputs, outputs, options))
     return ops
+
+
+def tensor_value(flatbuffer: bytes, index: int) -> np.ndarray | None:
+    """The constant data of tensor ``index`` of the main subgraph (None if not a constant)."""
+    schema = _schema()
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    tensor = model.Subgraphs(0).Tensors(index)
+    data = model.Buffers(tensor.Buffer()).DataAsNumpy()
+    if isinstance(data, int) or not len(data):
+        return None
+    dtypes = {
+        schema.TensorType.FLOAT32: np.float32,
+        schema.TensorType.INT32: np.int32,
+        schema.TensorType.INT64: np.int64,
+        schema.TensorType.INT8: np.int8,
+    }
+    dtype = dtypes.get(tensor.Type())
+    if dtype is None:
+        return None
+    return np.frombuffer(data.tobytes(), dtype=dtype).reshape(tensor.ShapeAsNumpy())
+
+
+def bconv_channels_per_group(channels_in: int, words: int) -> int:
+    """Input channels per group of an ``LceBconv2d`` (its options hold no group count).
+
+    The filter packs each group's input channels into ``words`` int32 words; grouped binary
+    convs have a multiple of 32 channels per group, ungrouped ones any number.
+    """
+    return min(channels_in, 32 * words)
 
 
 MAC_OPS = ("LceBconv2d", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL")
@@ -112,10 +172,11 @@ def flatbuffer_macs(flatbuffer: bytes) -> dict[str, int]:
         out = shape(op, 0, output=True)
         pixels_channels = int(np.prod(out))
         if name == "LceBconv2d":
-            options = _custom_options(op)
-            _, kh, kw, _ = shape(op, 1)
-            groups = int(options.get("groups", 1)) or 1
-            binary += pixels_channels * kh * kw * int(options["channels_in"]) // groups
+            # the output may be bit-packed (the next binary conv's sign fused in): count
+            # output channels from the filter
+            cout, kh, kw, words = shape(op, 1)
+            per_group = bconv_channels_per_group(int(_custom_options(op)["channels_in"]), words)
+            binary += int(np.prod(out[:-1])) * cout * kh * kw * per_group
         elif name == "CONV_2D":
             _, kh, kw, cin = shape(op, 1)
             floating += pixels_channels * kh * kw * cin

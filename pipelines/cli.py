@@ -14,7 +14,9 @@ EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 3
 EXIT_INTERRUPTED = 130
 
-from pipelines.align_cmd import add_align_parser  # noqa: E402  (after the TF log setting)
+from pipelines.ablate_cmd import add_ablate_parser  # noqa: E402  (after the TF log setting)
+from pipelines.align_cmd import add_align_parser  # noqa: E402
+from pipelines.bench_cmd import add_bench_parser  # noqa: E402
 from pipelines.compare_cmd import add_compare_parser  # noqa: E402
 from pipelines.evaluate_cmd import add_eval_parser  # noqa: E402
 from pipelines.profile_cmd import add_profile_parser  # noqa: E402
@@ -61,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", metavar="STAGE", help="run this stage and the ones after it")
     run.add_argument("--force", action="store_true", help="re-run stages even if up to date")
     run.set_defaults(func=_cmd_run)
+    add_ablate_parser(sub)
     add_eval_parser(sub)
     add_align_parser(sub)
     add_compare_parser(sub)
     add_profile_parser(sub)
+    add_bench_parser(sub)
     from pipelines.release_cmd import add_release_parser
 
     add_release_parser(sub)

@@ -26,6 +26,7 @@ class PipelineInfo(Section):
     experiment: str = "facekd"
     output_dir: str | None = None
     seed: int = 0
+    tags: dict[str, str] = {}  # extra tags of the MLflow parent run (e.g. facekd.ablation)
 
 
 class SyntheticData(Section):
@@ -100,7 +101,28 @@ class TeacherTrainConfig(TrainConfig):
 
 
 class DistillTrainConfig(TrainConfig):
+    """BNN training settings (``students.schedules``): Adam with linear decay by default;
+    multi-stage binarization: ``float_epochs`` in full precision, then
+    ``binary_activation_epochs`` with binary activations and float weights, then fully binary.
+    The straight-through estimator and latent-weight clipping are student arguments
+    (``distill.args: {ste: approx_sign, weight_clip: 1.25}``)."""
+
     lr: float = Field(2e-3, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_epochs: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    float_epochs: int = Field(0, ge=0)
+    binary_activation_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _binary_stage_left(self) -> DistillTrainConfig:
+        if self.float_epochs + self.binary_activation_epochs >= self.epochs:
+            raise ValueError(
+                f"float_epochs ({self.float_epochs}) + binary_activation_epochs "
+                f"({self.binary_activation_epochs}) leave no fully binary epoch of {self.epochs}"
+            )
+        return self
 
 
 class TeacherConfig(Section):
@@ -111,30 +133,41 @@ class TeacherConfig(Section):
 
 
 class DistillConfig(Section):
+    """``losses``: registered losses with a weight (``{cosine: 1.0}``) or with a weight and
+    hyper-parameters (``{margin_distillation: {weight: 1.0, s: 64, m_max: 0.5}}``); losses
+    that use no teacher (``arcface``, ``cosface``) alone train the student without one.
+    ``unlabelled``: image folders that only the label-free losses learn from."""
+
     student: str = "birealface"
     args: dict[str, Any] = {}
-    losses: dict[str, float] = {"cosine": 1.0}
+    losses: dict[str, float | dict[str, Any]] = {"cosine": 1.0}
     unlabelled: list[str] = []
     cache_teacher: bool = True
     train: DistillTrainConfig = DistillTrainConfig()
 
     @field_validator("losses")
     @classmethod
-    def _known_losses(cls, v: dict[str, float]) -> dict[str, float]:
-        from distill.losses import DISTILL_LOSSES
+    def _known_losses(
+        cls, v: dict[str, float | dict[str, Any]]
+    ) -> dict[str, float | dict[str, Any]]:
+        from distill.losses import DISTILL_LOSSES, create_loss, loss_spec
 
-        for name in v:
+        for name, spec in v.items():
             if name not in DISTILL_LOSSES:
                 raise ValueError(
                     f"unknown loss {name!r}; known: {', '.join(DISTILL_LOSSES.names())}"
                 )
+            create_loss(name, loss_spec(spec)[1])
         if not v:
             raise ValueError("at least one loss is needed")
         return v
 
 
 class ExportConfig(Section):
-    converter: Literal["onnx2tf"] = "onnx2tf"
+    """``converter``: ONNX -> TensorFlow route, ``onnx2tf`` (NHWC) or ``onnx-tf`` (NCHW, with
+    the binarizers moved inside its layout transposes, see ``export.onnx_tf``)."""
+
+    converter: Literal["onnx2tf", "onnx-tf"] = "onnx2tf"
     allow_partial: bool = False
     probe_images: int = Field(32, ge=1)
 
@@ -198,13 +231,22 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value {value!r} is not valid YAML: {exc}") from None
+    set_key(raw, key.strip(), parsed, f"--set {key}")
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any, where: str = "") -> None:
+    """Set ``a.b.c`` in a raw config mapping to ``value`` (replacing, not merging)."""
+    parts = key.split(".")
+    where = where or key
+    if not all(parts):
+        raise ConfigError(f"{where}: empty key in {key!r}")
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a mapping")
+            raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])} is not a mapping")
         node = child
-    node[parts[-1]] = parsed
+    node[parts[-1]] = value
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PipelineConfig:
@@ -222,14 +264,23 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    if "variants" in raw:
+        raise ConfigError(
+            f"{path}: defines variants (an ablation): run it with `facekd ablate {path}`"
+        )
     raw = copy.deepcopy(raw)
     for assignment in overrides or []:
         apply_override(raw, assignment)
+    return validate_raw(raw, path)
+
+
+def validate_raw(raw: dict[str, Any], source: str | os.PathLike) -> PipelineConfig:
+    """Validate a raw (overridden) pipeline mapping; ConfigError names ``source`` and keys."""
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(path, err)) from None
-    _resolve_paths(config, path)
+        raise ConfigError(_format_errors(source, err)) from None
+    _resolve_paths(config, Path(source))
     return config
 
 

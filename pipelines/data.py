@@ -302,7 +302,14 @@ class DataContext:
         return make_pairs(labels, self.cfg.eval_pairs, self.config.pipeline.seed)
 
     def unlabelled_images(self, folders: list[str]) -> torch.Tensor:
-        """All images under the given folders (any depth), decoded; labels are not needed."""
+        """All images under the given folders (any depth), decoded once; no labels needed."""
+        key = tuple(str(Path(f).resolve()) for f in folders)
+        cache = self.__dict__.setdefault("_unlabelled", {})
+        if key not in cache:
+            cache[key] = self._decode_unlabelled(folders)
+        return cache[key]
+
+    def _decode_unlabelled(self, folders: list[str]) -> torch.Tensor:
         from faces.data import IMAGE_SUFFIXES
 
         paths = sorted(

@@ -97,6 +97,7 @@ class TeacherStage(Stage):
         cfg = ctx.config.teacher
         out = ctx.stage_dir / "teacher.pt"
         model = create_teacher(cfg.model, **cfg.args)
+        extra_outputs: dict[str, Path] = {}
         if cfg.checkpoint:
             load_checkpoint_into(model, cfg.checkpoint)
             save_model(out, "teacher", cfg.model, cfg.args, None, checkpoint=cfg.checkpoint)
@@ -129,6 +130,17 @@ class TeacherStage(Stage):
                 ctx.config.pipeline.seed,
             )
             save_model(out, "teacher", cfg.model, cfg.args, model)
+            head_path = ctx.stage_dir / "teacher_head.pt"
+            tmp = head_path.with_name(head_path.name + ".tmp")
+            torch.save(
+                {
+                    "weight": module.head.weight.detach().cpu().clone(),
+                    "identities": list(ctx.data.train_index.identities),
+                },
+                tmp,
+            )
+            tmp.replace(head_path)
+            extra_outputs["teacher_head"] = head_path  # its class centres, for distillation
         model.eval()
         data = ctx.data
         scores = pair_scores(torch_embed_fn(model), data.eval_images, data.eval_pairs)
@@ -147,19 +159,33 @@ class TeacherStage(Stage):
         np.save(tmp, scores)
         tmp.replace(scores_path)  # atomic: a killed run never leaves a truncated file
         return StageResult(
-            {"teacher": out, "teacher_roc": roc, "teacher_scores": scores_path}, metrics
+            {"teacher": out, "teacher_roc": roc, "teacher_scores": scores_path, **extra_outputs},
+            metrics,
         )
 
 
 class DistillStage(Stage):
-    """Distil the frozen teacher's embeddings into a binarized student (Lightning, Brevitas)."""
+    """Train the binarized student (Lightning, Brevitas) with the weighted ``distill.losses``.
+
+    From the frozen teacher's embeddings (cached once per dataset), from the identity labels
+    of the training images, or both. Unlabelled images (``distill.unlabelled``, label -1) join
+    the batches only when some loss is label-free. Without a loss that uses the teacher the
+    student trains alone (method ``none``): the teacher artifact then only gives the default
+    embedding size.
+    """
 
     name = "distill"
     needs = ("teacher",)
     produces = ("student",)
 
     def run(self, ctx: StageContext) -> StageResult:
-        from distill.module import EmbeddingDistiller, cached_teacher_embeddings
+        from distill.losses import LossContext, label_free, uses_centres, uses_teacher
+        from distill.module import (
+            Distiller,
+            cached_teacher_embeddings,
+            class_centres,
+            teacher_embeddings,
+        )
         from pipelines.training import fit
         from students.registry import create_student
 
@@ -168,26 +194,54 @@ class DistillStage(Stage):
         with torch.no_grad():
             embedding = teacher.eval()(torch.zeros(2, 3, 112, 112)).shape[1]
         args = dict(cfg.args)
-        if args.setdefault("embedding_size", embedding) != embedding:
+        if args.setdefault("embedding_size", embedding) != embedding and uses_teacher(cfg.losses):
             raise ValueError(
                 f"distill.args.embedding_size={args['embedding_size']} but the "
                 f"teacher's embeddings have {embedding} dimensions"
             )
         student = create_student(cfg.student, **args)
-        images = ctx.data.train_dataset.images
-        if cfg.unlabelled:
-            images = torch.cat([images, ctx.data.unlabelled_images(cfg.unlabelled)])
-        dataset = TensorDataset(images, torch.arange(len(images)))
+        train = ctx.data.train_dataset
+        images, labels = train.images, train.labels.long()
+        n_labelled = len(images)
+        num_classes = len(ctx.data.train_index.identities)
+        if cfg.unlabelled and label_free(cfg.losses):
+            extra = ctx.data.unlabelled_images(cfg.unlabelled)
+            images = torch.cat([images, extra])
+            labels = torch.cat([labels, torch.full((len(extra),), -1, dtype=torch.long)])
+        elif cfg.unlabelled:
+            print("note: distill.unlabelled is not used: every loss needs labels")
+        dataset = TensorDataset(images, torch.arange(len(images)), labels)
+        need_teacher = uses_teacher(cfg.losses)
         cached = None
-        if cfg.cache_teacher:
+        if need_teacher and cfg.cache_teacher:
+            # beside the teacher: pipelines sharing it (an ablation) compute them once
+            cache = Path(ctx.inputs["teacher"]).parent / "embeddings"
+            cache.mkdir(exist_ok=True)
             cached = cached_teacher_embeddings(
-                teacher,
-                images,
-                ctx.stage_dir / "teacher_embeddings.pt",
-                sha256_file(ctx.inputs["teacher"]),
+                teacher, images, cache, sha256_file(ctx.inputs["teacher"])
             )
-        module = EmbeddingDistiller(
-            student, teacher, cfg.losses, cfg.train.lr, cfg.train.weight_decay, cached
+        context = LossContext(args["embedding_size"], num_classes)
+        if uses_centres(cfg.losses):
+            labelled = (
+                cached[:n_labelled]
+                if cached is not None
+                else teacher_embeddings(teacher, images[:n_labelled])
+            )
+            context.centres, context.spread = class_centres(
+                labelled, labels[:n_labelled], num_classes, _teacher_head(ctx)
+            )
+        module = Distiller(
+            student,
+            teacher if need_teacher else None,
+            cfg.losses,
+            cfg.train.lr,
+            cfg.train.weight_decay,
+            cached,
+            context,
+            optimizer=getattr(cfg.train, "optimizer", "adam"),
+            schedule=getattr(cfg.train, "schedule", "linear"),
+            warmup_epochs=getattr(cfg.train, "warmup_epochs", 0.0),
+            momentum=getattr(cfg.train, "momentum", 0.9),
         )
         metrics = fit(
             module,
@@ -201,7 +255,60 @@ class DistillStage(Stage):
         out = save_model(ctx.stage_dir / "student.pt", "student", cfg.student, args, student)
         metrics["model.params"] = float(count_params(student))
         metrics["train.images"] = float(len(dataset))
+        metrics["train.labelled_images"] = float(n_labelled)
+        steps, world = _steps_and_world_size(module, ctx.stage_dir, cfg.train)
+        metrics["train.steps"] = float(steps)
+        metrics["train.images_seen"] = float(steps * cfg.train.batch_size * world)
         return StageResult({"student": out}, metrics)
+
+
+def _steps_and_world_size(module: Any, stage_dir: Path, train: Any) -> tuple[int, int]:
+    """Optimiser steps taken and processes that took them (the training budget spent).
+
+    After a DDP run launched by fork or spawn the main process's module is detached from
+    its trainer: the last checkpoint holds the step count then.
+    """
+    try:
+        return int(module.trainer.global_step), int(module.trainer.world_size)
+    except RuntimeError:
+        pass
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    steps = 0
+    if last.is_file():
+        steps = int(
+            torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+        )
+    devices = str(train.devices)
+    if "," in devices:  # a list of device ids
+        world = len([d for d in devices.split(",") if d.strip()])
+    else:
+        world = int(devices) if devices.isdigit() else 1
+    return steps, world * train.num_nodes
+
+
+def _teacher_head(ctx: StageContext) -> torch.Tensor | None:
+    """The trained teacher's class centres, if it was trained here on the same identities."""
+    path = ctx.inputs.get("teacher_head")
+    if path is None or not Path(path).is_file():
+        return None
+    head = torch.load(path, map_location="cpu", weights_only=True)
+    if list(head.get("identities", [])) != list(ctx.data.train_index.identities):
+        return None  # other people: the class means of the teacher's embeddings serve
+    return head["weight"]
+
+
+def _save_calibration_faces(ctx: StageContext, count: int = 100) -> Path:
+    """Training faces (uint8 NHWC, evenly spaced) for ``facekd bench``'s int8 calibration."""
+    from pipelines.bench_cmd import CALIBRATION_FILE
+
+    images = ctx.data.train_dataset.images
+    index = np.linspace(0, len(images) - 1, min(count, len(images))).astype(int)
+    faces = np.ascontiguousarray(np.asarray(images[torch.from_numpy(index)]).transpose(0, 2, 3, 1))
+    path = ctx.stage_dir / CALIBRATION_FILE
+    tmp = path.with_name("calibration_faces.tmp.npy")
+    np.save(tmp, faces)
+    tmp.replace(path)
+    return path
 
 
 class ExportStage(Stage):
@@ -221,11 +328,13 @@ class ExportStage(Stage):
         result = export_student(
             student, twin, probe, ctx.stage_dir, cfg.converter, cfg.allow_partial
         )
+        _save_calibration_faces(ctx)
         outputs = {
             "onnx": Path(result.onnx),
             "lce_tflite": Path(result.lce_tflite),
             "float_tflite": Path(result.float_tflite),
             "export_report": Path(result.report),
+            "export_report_md": Path(result.report_md),
             "float_onnx": Path(result.float_onnx),
         }
         return StageResult(outputs, result.metrics)

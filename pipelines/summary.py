@@ -103,17 +103,20 @@ def run_summary(
     and the teacher's accuracy (prefixed ``teacher.``). Stage runs are referenced by id
     (``facekd.run.<stage>``) so that a release can fetch their artifacts.
     """
+    from distill.losses import method_name
+
     losses = config.distill.losses
     tags = {
         "facekd.summary": "1",
         "facekd.teacher": config.teacher.model,
         "facekd.student": config.distill.student,
         "facekd.student_args": json.dumps(config.distill.args, sort_keys=True),
-        "facekd.distill.method": "+".join(sorted(losses)),
+        "facekd.distill.method": method_name(losses, bool(config.distill.unlabelled)),
         "facekd.bits": "W1A1",
         "facekd.eval_set": eval_name,
         "facekd.data.train": str(config.data.train),
     }
+    tags.update(config.pipeline.tags)
     for stage, record in records.items():
         if record.get("mlflow_run_id"):
             tags[f"facekd.run.{stage}"] = record["mlflow_run_id"]

@@ -82,6 +82,17 @@ def _precision(setting: str) -> str:
     return "16-mixed" if torch.cuda.is_available() else "32-true"
 
 
+def _schedule_callbacks(cfg: TrainConfig) -> list[pl.Callback]:
+    """The multi-stage binarization of a distillation config (none for teachers)."""
+    float_epochs = getattr(cfg, "float_epochs", 0)
+    act_epochs = getattr(cfg, "binary_activation_epochs", 0)
+    if not float_epochs and not act_epochs:
+        return []
+    from students.schedules import BinarizationSchedule
+
+    return [BinarizationSchedule(float_epochs, act_epochs)]
+
+
 def fit(
     module: pl.LightningModule,
     dataset: Dataset,
@@ -133,6 +144,7 @@ def fit(
         enable_model_summary=False,
         enable_progress_bar=os.isatty(2),
         callbacks=[
+            *_schedule_callbacks(cfg),
             verification,
             MetricsCallback(sink, [verification]),
             RNGStateCallback(),

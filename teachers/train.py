@@ -15,6 +15,18 @@ from faces.margins import create_margin_head
 from faces.transforms import augment, normalise
 
 
+def margin_loss(
+    head: nn.Module, emb: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of a margin head's training logits, and their top-1 accuracy.
+
+    The training objective of teachers, and of students trained without a teacher
+    (``distill.losses: {arcface: ...}``).
+    """
+    logits, targets = head.train_logits(emb, labels)
+    return F.cross_entropy(logits, targets), (logits.argmax(1) == targets).float().mean()
+
+
 class MarginTrainer(pl.LightningModule):
     """Trains ``model`` (images -> embeddings) with a margin head over ``num_classes`` people.
 
@@ -50,10 +62,8 @@ class MarginTrainer(pl.LightningModule):
     ) -> torch.Tensor:
         images, labels = batch
         emb = self.model(normalise(augment(images)).to(self.device))
-        logits, targets = self.head.train_logits(emb, labels)
-        loss = F.cross_entropy(logits, targets)
+        loss, acc = margin_loss(self.head, emb, labels)
         check_finite(loss, self.global_step, batch_idx)
-        acc = (logits.argmax(1) == targets).float().mean()
         self.log("train.loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train.acc", acc, on_step=False, on_epoch=True)
         return loss

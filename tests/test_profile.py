@@ -33,7 +33,13 @@ def test_student_profile_counts_the_lce_flatbuffer(capsys) -> None:
     out = capsys.readouterr().out
     result = json.loads(out[out.index("{") :])
     assert result["kind"] == "student" and result["bconv_coverage"] == 1.0
-    assert result["binary_macs"] > 0 and result["float_macs"] > 0
+    # counted by hand: width-32 BiRealFace with one binary block at 28x28
+    stem = 56 * 56 * 32 * (3 * 3 * 3)  # 3x3 stride-2 conv, 3 -> 32
+    stem += 28 * 28 * 32 * (3 * 3)  # 3x3 stride-2 depthwise
+    stem += 28 * 28 * 32 * 32  # 1x1 conv 32 -> 32
+    head = 32 * 28 * 28 + 128 * 32  # global depthwise 28x28, linear 32 -> 128
+    assert result["binary_macs"] == 28 * 28 * 32 * (3 * 3 * 32)
+    assert result["float_macs"] == stem + head
     # the float twin's FLOPs hold every MAC of the LCE model twice (multiply + add)
     assert result["flops"] == pytest.approx(
         2 * (result["binary_macs"] + result["float_macs"]), rel=0.05

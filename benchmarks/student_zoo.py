@@ -1,0 +1,207 @@
+"""The binary student zoo beside the seed paper's Table 2, exported and timed on this machine.
+
+    python benchmarks/student_zoo.py [--runs 50] [--only quicknet_small ...] [--markdown]
+        [--json rows.json] [--faces ../shared/faces/celeba150] [--converter onnx-tf]
+        [--out runs/student_zoo] [--reuse]
+
+For every registered student (random weights, BatchNorm statistics calibrated on the probe
+faces so activations have realistic ranges): export through the spine's export chain
+(QONNX -> lowering -> onnx2tf -> LCE flatbuffer, and the float twin to TFLite) and report
+params, 1-bit and 32-bit MACs and size as stored in the LCE flatbuffer (the counter of
+``facekd profile``) beside Table 2, ``export.bconv_coverage``, the minimum cosine between
+PyTorch and LCE embeddings on real aligned faces, and the latency (batch 1, 1 thread, median
+over ``--runs`` after warm-up, pooled over 2 interpreter instances) of the LCE model (indirect
+BGEMM kernel) beside its float twin in TFLite with XNNPACK, measured one after the other in
+this process. x86 has only LCE's generic kernels: the ratios are proxies for ARM. Exports
+stay in ``--out``/<converter>/<student> (``--reuse`` times them again without re-exporting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Seed paper, Table 2 (LCE on one Jetson Nano core, 112x112): 1-bit MACs, 32-bit MACs, size
+# in MB, params. Reference values to compare with, not results of this project.
+TABLE2 = {
+    "binarydensenet45": (1.59e9, 59.7e6, 4.2, 13.1e6),
+    "binarydensenet37": (1.12e9, 48.9e6, 2.6, 8.0e6),
+    "binarydensenet28": (893.2e6, 49.99e6, 1.8, 4.5e6),
+    "quicknet": (431.7e6, 6.8e6, 2.21, 12.7e6),
+    "quicknet_small": (258.3e6, 3.4e6, 2.0, 12.1e6),
+    "binaryfacenet": (184.9e6, 3.8e6, 1.3, 506e3),
+}
+PAPER_NAME = {"binaryfacenet_lce": "binaryfacenet", "quicknet_small_attn": "quicknet_small"}
+
+
+def probe_faces(folder: Path | None, n: int):
+    """``n`` aligned faces (normalised float batch): one per person of ``folder`` first."""
+    import torch
+
+    from faces.data import list_image_folder, load_images
+    from faces.synthetic import write_synthetic_faces
+    from faces.transforms import normalise
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if folder is None or not folder.is_dir():
+            folder = Path(tmp) / "faces"
+            write_synthetic_faces(folder, identities=n, images_per_identity=2, seed=0)
+        people = list_image_folder(folder, cache=False)
+        paths = [Path(folder) / person / files[0] for person, files in sorted(people.items())]
+        paths += [Path(folder) / p / f for p, fs in sorted(people.items()) for f in fs[1:]]
+        images = load_images(paths[:n])
+    return normalise(images).to(torch.float32), str(folder)
+
+
+def calibrate_batchnorm(model, probe) -> None:
+    """Set BatchNorm running statistics to those of ``probe`` (cumulative average)."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(probe)
+    model.eval()
+
+
+def parity(student, probe, flatbuffer: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Cosines per probe face: LCE vs PyTorch, and PyTorch vs itself on the probe with
+    1e-6 relative noise (how far the model's own float rounding can move its embeddings: one
+    flipped sign changes a whole 3x3xC neighbourhood of the next binary layer)."""
+    import torch
+
+    from export.runtime import TFLiteRunner
+
+    def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a = a / np.linalg.norm(a, axis=1, keepdims=True)
+        return (a * (b / np.linalg.norm(b, axis=1, keepdims=True))).sum(1)
+
+    with torch.no_grad():
+        ref = student(probe).numpy()
+        gen = torch.Generator().manual_seed(1)
+        noisy = probe * (1 + 1e-6 * torch.randn(probe.shape, generator=gen))
+        perturbed = student(noisy).numpy()
+    lce = TFLiteRunner(flatbuffer, binary=True).embed(probe.numpy())
+    return cos(ref, lce), cos(ref, perturbed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--only", nargs="*", help="student names (default: the zoo)")
+    ap.add_argument("--faces", type=Path, default=ROOT.parent / "shared/faces/celeba150")
+    ap.add_argument("--probe", type=int, default=32)
+    ap.add_argument("--converter", default="onnx2tf")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs/student_zoo", help="exports")
+    ap.add_argument("--reuse", action="store_true", help="time earlier exports in --out again")
+    ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--json", help="also write the rows to this JSON file")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from export.runtime import measure_latency
+    from export.student_export import export_student
+    from pipelines.summary import machine_description
+    from students import create_student, list_students
+
+    names = args.only or [n for n in list_students() if n != "birealface"] + ["birealface"]
+    probe, source = probe_faces(args.faces, args.probe)
+    print(f"probe: {len(probe)} faces from {source}; {machine_description()}", file=sys.stderr)
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        student = create_student(name)
+        calibrate_batchnorm(student, probe)  # deterministic: --reuse rebuilds the same model
+        out = args.out / args.converter / name
+        report = out / "export_report.json"
+        if args.reuse and report.is_file():  # time the flatbuffers exported before
+            exported = json.loads(report.read_text())
+            metrics, float_layers = exported["metrics"], exported["float_layers"]
+        else:
+            twin = create_student(name, binary=False).eval()
+            twin.load_state_dict(student.state_dict())
+            result = export_student(student, twin, probe, out, args.converter, allow_partial=True)
+            metrics, float_layers = result.metrics, result.float_layers
+        lce = (out / "student_lce.tflite").read_bytes()
+        flt = (out / "student_float.tflite").read_bytes()
+        cos_lce, cos_self = parity(student, probe, lce)
+        timing = {"threads": 1, "runs": args.runs, "warmup": 10, "instances": 2}
+        lce_t = measure_latency(lce, binary=True, **timing)
+        flt_t = measure_latency(flt, binary=False, **timing)
+        m = metrics
+        row = {
+            "student": name,
+            "params": sum(p.numel() for p in student.parameters()),
+            "binary_macs": int(m["model.binary_macs"]),
+            "float_macs": int(m["model.float_macs"]),
+            "size_bytes": int(m["model.size_bytes"]),
+            "bconv_coverage": m["export.bconv_coverage"],
+            "float_layers": float_layers,
+            "cosine_min": float(cos_lce.min()),
+            "cosine_median": float(np.median(cos_lce)),
+            "self_cosine_min": float(cos_self.min()),
+            "self_cosine_median": float(np.median(cos_self)),
+            "lce_ms": lce_t["latency_ms_p50"],
+            "float_ms": flt_t["latency_ms_p50"],
+            "converter": args.converter,
+        }
+        row["speedup"] = row["float_ms"] / row["lce_ms"]
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    print_table(rows, args.markdown)
+    return 0
+
+
+def _vs(ours: float, paper: float | None, scale: float, unit: str = "") -> str:
+    if paper is None:
+        return f"{ours / scale:.1f}{unit}"
+    return (
+        f"{ours / scale:.1f}{unit} / {paper / scale:.1f}{unit} ({(ours / paper - 1) * 100:+.0f}%)"
+    )
+
+
+def print_table(rows: list[dict], markdown: bool) -> None:
+    """Print the zoo table (markdown for the README, or plain)."""
+    head = (
+        "| student | params (ours / paper) | 1-bit MACs M | 32-bit MACs M | LCE size MB | "
+        "bconv coverage | cosine PyTorch-LCE min / median | PyTorch-PyTorch at 1e-6 noise "
+        "min / median | LCE ms | float twin ms | speed-up |"
+    )
+    print(head if markdown else head.replace("|", " "))
+    if markdown:
+        print("|" + "---|" * 11)
+    for r in rows:
+        paper = TABLE2.get(PAPER_NAME.get(r["student"], r["student"]))
+        bm, fm, mb, pp = paper if paper else (None, None, None, None)
+        cells = [
+            r["student"],
+            _vs(r["params"], pp, 1e6, "M"),
+            _vs(r["binary_macs"], bm, 1e6),
+            _vs(r["float_macs"], fm, 1e6),
+            _vs(r["size_bytes"], mb * 1e6 if mb else None, 1e6),
+            f"{r['bconv_coverage']:.2f}",
+            f"{r['cosine_min']:.4f} / {r['cosine_median']:.4f}",
+            f"{r['self_cosine_min']:.4f} / {r['self_cosine_median']:.4f}",
+            f"{r['lce_ms']:.2f}",
+            f"{r['float_ms']:.2f}",
+            f"{r['speedup']:.2f}x",
+        ]
+        print("| " + " | ".join(cells) + " |" if markdown else "  ".join(cells))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
