@@ -214,12 +214,18 @@ class DistillStage(Stage):
         need_teacher = uses_teacher(cfg.losses)
         cached = None
         if need_teacher and cfg.cache_teacher:
-            # beside the teacher: pipelines sharing it (an ablation) compute them once
+            # beside the teacher: pipelines sharing it (an ablation) compute them once; with
+            # unlabelled folders configured but unused, the embeddings of labelled +
+            # unlabelled faces (as a label-free sibling computes them) serve, sliced
             cache = Path(ctx.inputs["teacher"]).parent / "embeddings"
             cache.mkdir(exist_ok=True)
+            cache_images = images
+            if cfg.unlabelled and len(images) == n_labelled:
+                unused = ctx.data.unlabelled_images(cfg.unlabelled)
+                cache_images = torch.cat([images, unused])
             cached = cached_teacher_embeddings(
-                teacher, images, cache, sha256_file(ctx.inputs["teacher"])
-            )
+                teacher, cache_images, cache, sha256_file(ctx.inputs["teacher"])
+            )[: len(images)]
         context = LossContext(args["embedding_size"], num_classes)
         if uses_centres(cfg.losses):
             labelled = (

@@ -18,12 +18,14 @@ class TrackingError(RuntimeError):
 
 
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the embedded ``sqlite:///mlruns/mlflow.db``."""
+    """``MLFLOW_TRACKING_URI`` if set, else the embedded ``mlruns/mlflow.db`` (SQLite) of the
+    current folder, as an absolute path: MLflow caches one store per URI string, so a relative
+    URI would keep writing to the first folder's database after a change of folder."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     DEFAULT_STORE.mkdir(exist_ok=True)
-    return f"sqlite:///{DEFAULT_STORE / 'mlflow.db'}"
+    return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
 
 
 def _quiet() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from students.heads import EmbeddingHead
 from students.layers import BinaryConv2d, SamePadConv2d
 from students.registry import register_student
 
@@ -74,14 +75,7 @@ class BiRealFace(nn.Module):
             stages.extend(BinaryResidualBlock(channels, pad_value, binary) for _ in range(depth))
         self.stages = nn.Sequential(*stages)
         size = 28 // 2 ** (len(depths) - 1)
-        self.head = nn.Sequential(
-            nn.Conv2d(channels, channels, size, groups=channels, bias=False),  # global depthwise
-            nn.BatchNorm2d(channels),
-            nn.Flatten(),
-            nn.Dropout(dropout),
-            nn.Linear(channels, embedding_size, bias=False),
-            nn.BatchNorm1d(embedding_size),
-        )
+        self.head = EmbeddingHead(channels, size, embedding_size, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))

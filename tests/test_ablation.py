@@ -104,6 +104,7 @@ TINY = {
         "cosine_md": {
             "distill.losses": {"cosine": 1.0, "margin_distillation": {"s": 16, "per": "class"}}
         },
+        "md": {"distill.losses": {"margin_distillation": {"s": 16}}},
     },
 }
 
@@ -134,6 +135,12 @@ def test_ablation_runs_sibling_pipelines_sharing_the_teacher(
     # the unlabelled faces join only the variant with a label-free loss
     assert rows["cosine_md"]["train_images"] == labelled + 12
     assert "| none | none |" in (runs_dir / "ablation.md").read_text()
+    # labelled-only distillation: no unlabelled faces in training, and the teacher's
+    # embeddings of labelled + unlabelled faces (cached by cosine_md) are reused, not recomputed
+    assert rows["md"]["train_images"] == labelled and rows["md"]["method"] == (
+        "margin_distillation"
+    )
+    assert len(list((runs_dir / "teacher" / "embeddings").glob("*.pt"))) == 1
 
     import mlflow
 
@@ -143,7 +150,7 @@ def test_ablation_runs_sibling_pipelines_sharing_the_teacher(
     parents = {
         r.data.tags["facekd.ablation.variant"]: r for r in runs if "facekd.stage" not in r.data.tags
     }
-    assert set(parents) == {"none", "cosine_md"}
+    assert set(parents) == {"none", "cosine_md", "md"}
     for variant, run in parents.items():
         assert run.data.tags["facekd.ablation"] == "abl"
         assert run.data.tags["facekd.pipeline"] == f"abl-{variant}"
@@ -184,5 +191,5 @@ def test_ablation_table() -> None:
 def test_ablation_kd_validates_against_the_real_data(monkeypatch) -> None:
     monkeypatch.chdir(ROOT)  # the file's paths are relative to the checkout
     variants = {v.name: v.config for v in expand_ablation(ABLATION_KD)}
-    assert len(variants["cosine"].distill.unlabelled) == 17  # 17,000 unlabelled faces
+    assert len(variants["cosine"].distill.unlabelled) == 7  # 6,577 unlabelled faces
     assert variants["cosine_labelled_only"].distill.unlabelled == []
