@@ -3,9 +3,13 @@
     python benchmarks/student_zoo.py [--runs 50] [--only quicknet_small ...] [--markdown]
         [--json rows.json] [--faces ../shared/faces/celeba150] [--converter onnx-tf]
         [--out runs/student_zoo] [--reuse]
+        [--distill-steps 300 --train-faces ../shared/faces/glint24 --teacher CKPT]
 
 For every registered student (random weights, BatchNorm statistics calibrated on the probe
-faces so activations have realistic ranges): export through the spine's export chain
+faces so activations have realistic ranges; or, with ``--distill-steps N``, distilled for N
+steps from the MobileFaceNet teacher on ``--train-faces`` by the product's Distiller, cosine
+loss on cached teacher embeddings, Adam with linear decay, so that the weights are those of a
+trained network and ``--faces`` are people it never saw): export through the spine's export chain
 (QONNX -> lowering -> onnx2tf -> LCE flatbuffer, and the float twin to TFLite) and report
 params, 1-bit and 32-bit MACs and size as stored in the LCE flatbuffer (the counter of
 ``facekd profile``) beside Table 2, ``export.bconv_coverage``, the minimum cosine between
@@ -14,6 +18,14 @@ over ``--runs`` after warm-up, pooled over 2 interpreter instances) of the LCE m
 BGEMM kernel) beside its float twin in TFLite with XNNPACK, measured one after the other in
 this process. x86 has only LCE's generic kernels: the ratios are proxies for ARM. Exports
 stay in ``--out``/<converter>/<student> (``--reuse`` times them again without re-exporting).
+
+Why distil first: a 1-bit network with random weights is chaotic. A float rounding difference
+of 1e-7 flips the sign of an activation that sits at zero, and with random weights one flip
+spreads through every later layer: the column "PyTorch-PyTorch at 1e-6 noise" measures that
+sensitivity of the model itself. Trained students are not chaotic, so their PyTorch-LCE
+parity measures the export. With trained students the table also reports the verification
+accuracy of PyTorch and of the LCE flatbuffer on pairs of the ``--faces`` people (10-fold),
+and the difference between them.
 """
 
 from __future__ import annotations
@@ -61,6 +73,22 @@ def probe_faces(folder: Path | None, n: int):
     return normalise(images).to(torch.float32), str(folder)
 
 
+def labelled_faces(folder: Path, limit: int | None):
+    """uint8 faces of ``folder`` (ImageFolder) and their identity labels, the first ``limit``
+    of a fixed shuffle (every image when None)."""
+    import torch
+
+    from faces.data import list_image_folder, load_images
+
+    people = sorted(list_image_folder(folder, cache=False).items())
+    items = [(folder / p / f, k) for k, (p, fs) in enumerate(people) for f in sorted(fs)]
+    if limit is not None:
+        order = np.random.default_rng(0).permutation(len(items))[:limit]
+        items = [items[i] for i in sorted(order)]
+    images = load_images([path for path, _ in items])
+    return torch.as_tensor(images), np.array([k for _, k in items])
+
+
 def calibrate_batchnorm(model, probe) -> None:
     """Set BatchNorm running statistics to those of ``probe`` (cumulative average)."""
     import torch
@@ -73,6 +101,57 @@ def calibrate_batchnorm(model, probe) -> None:
     with torch.no_grad():
         model(probe)
     model.eval()
+
+
+def teacher_cache(teacher_ckpt: Path, images):
+    """The MobileFaceNet teacher's embeddings of ``images`` and their mirrors (N, 2, 128)."""
+    import torch
+
+    from distill.module import teacher_embeddings
+    from teachers import create_teacher
+    from teachers.checkpoint import load_checkpoint_into
+
+    teacher = load_checkpoint_into(create_teacher("mobilefacenet"), teacher_ckpt).eval()
+    with torch.no_grad():
+        return teacher_embeddings(teacher, images)
+
+
+def distil(student, images, cached, steps: int, batch_size: int = 32, lr: float = 2e-3) -> float:
+    """Train ``student`` for ``steps`` steps on the cached teacher embeddings; returns seconds."""
+    import time
+
+    import pytorch_lightning as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from distill.module import Distiller
+
+    module = Distiller(student, None, {"cosine": 1.0}, lr=lr, cached=cached)
+    loader = DataLoader(
+        TensorDataset(images, torch.arange(len(images))),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+    )
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, loader)
+    student.eval()
+    return time.perf_counter() - start
+
+
+def verification(embed, images, pairs) -> float:
+    """10-fold verification accuracy of ``embed`` (normalised batch -> embeddings) on pairs."""
+    from faces.evaluate import evaluate_pairs
+
+    return evaluate_pairs(embed, images, pairs, "probe")["verify.probe.acc"]
 
 
 def parity(student, probe, flatbuffer: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--converter", default="onnx2tf")
     ap.add_argument("--out", type=Path, default=ROOT / "runs/student_zoo", help="exports")
     ap.add_argument("--reuse", action="store_true", help="time earlier exports in --out again")
+    ap.add_argument("--distill-steps", type=int, default=0, help="0: random weights")
+    ap.add_argument("--train-faces", type=Path, default=ROOT.parent / "shared/faces/glint24")
+    ap.add_argument(
+        "--teacher",
+        type=Path,
+        default=ROOT.parent / "shared/weights/mobilefacenet_casia_068.ckpt",
+        help="MobileFaceNet checkpoint (the teacher of --distill-steps)",
+    )
+    ap.add_argument("--eval-images", type=int, default=600, help="--faces images for pairs")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
@@ -119,18 +207,43 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only or [n for n in list_students() if n != "birealface"] + ["birealface"]
     probe, source = probe_faces(args.faces, args.probe)
     print(f"probe: {len(probe)} faces from {source}; {machine_description()}", file=sys.stderr)
+    trained = args.distill_steps > 0
+    if trained:
+        from faces.data import make_pairs
+
+        train_images, _ = labelled_faces(args.train_faces, None)
+        cached = teacher_cache(args.teacher, train_images)
+        eval_images, eval_labels = labelled_faces(args.faces, args.eval_images)
+        pairs = make_pairs(eval_labels, 2 * len(eval_images), seed=0)
+        print(
+            f"distilling {args.distill_steps} steps on {len(train_images)} faces of "
+            f"{args.train_faces}; verification: {len(pairs)} pairs of {len(eval_images)} faces",
+            file=sys.stderr,
+        )
     rows = []
     for name in names:
         torch.manual_seed(0)
-        student = create_student(name)
-        calibrate_batchnorm(student, probe)  # deterministic: --reuse rebuilds the same model
         out = args.out / args.converter / name
         report = out / "export_report.json"
+        weights = out / "student.pt"
+        student = create_student(name, **({"embedding_size": cached.shape[-1]} if trained else {}))
+        if trained and args.reuse and weights.is_file():
+            student.load_state_dict(torch.load(weights, weights_only=True))
+            student.eval()
+            seconds = float("nan")
+        elif trained:
+            seconds = distil(student, train_images, cached, args.distill_steps)
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(student.state_dict(), weights)
+        else:
+            calibrate_batchnorm(student, probe)  # deterministic: --reuse rebuilds the same model
         if args.reuse and report.is_file():  # time the flatbuffers exported before
             exported = json.loads(report.read_text())
             metrics, float_layers = exported["metrics"], exported["float_layers"]
         else:
-            twin = create_student(name, binary=False).eval()
+            twin = create_student(
+                name, binary=False, **({"embedding_size": cached.shape[-1]} if trained else {})
+            ).eval()
             twin.load_state_dict(student.state_dict())
             result = export_student(student, twin, probe, out, args.converter, allow_partial=True)
             metrics, float_layers = result.metrics, result.float_layers
@@ -158,6 +271,16 @@ def main(argv: list[str] | None = None) -> int:
             "converter": args.converter,
         }
         row["speedup"] = row["float_ms"] / row["lce_ms"]
+        if trained:
+            from export.runtime import TFLiteRunner
+            from faces.evaluate import torch_embed_fn
+
+            row["distill_steps"] = args.distill_steps
+            row["distill_seconds"] = seconds
+            row["acc_pytorch"] = verification(torch_embed_fn(student), eval_images, pairs)
+            lce_fn = TFLiteRunner(lce, binary=True).embed
+            row["acc_lce"] = verification(lce_fn, eval_images, pairs)
+            row["acc_delta_pt"] = 100 * (row["acc_lce"] - row["acc_pytorch"])
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     if args.json:
@@ -181,9 +304,12 @@ def print_table(rows: list[dict], markdown: bool) -> None:
         "bconv coverage | cosine PyTorch-LCE min / median | PyTorch-PyTorch at 1e-6 noise "
         "min / median | LCE ms | float twin ms | speed-up |"
     )
+    trained = any("acc_pytorch" in r for r in rows)
+    if trained:
+        head += " verify acc PyTorch / LCE (delta pt) |"
     print(head if markdown else head.replace("|", " "))
     if markdown:
-        print("|" + "---|" * 11)
+        print("|" + "---|" * (12 if trained else 11))
     for r in rows:
         paper = TABLE2.get(PAPER_NAME.get(r["student"], r["student"]))
         bm, fm, mb, pp = paper if paper else (None, None, None, None)
@@ -200,6 +326,12 @@ def print_table(rows: list[dict], markdown: bool) -> None:
             f"{r['float_ms']:.2f}",
             f"{r['speedup']:.2f}x",
         ]
+        if trained:
+            cells.append(
+                f"{r['acc_pytorch']:.4f} / {r['acc_lce']:.4f} ({r['acc_delta_pt']:+.2f})"
+                if "acc_pytorch" in r
+                else "-"
+            )
         print("| " + " | ".join(cells) + " |" if markdown else "  ".join(cells))
 
 

@@ -181,9 +181,9 @@ class Distiller(pl.LightningModule):
                     target = self.teacher(x)
         total, parts = self.loss(self.model(x), target, labels)
         check_finite(total, self.global_step, batch_idx)
-        self.log("train.loss", total, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train.loss", total, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         for name, value in parts.items():
-            self.log(f"train.loss_{name}", value, on_step=False, on_epoch=True)
+            self.log(f"train.loss_{name}", value, on_step=False, on_epoch=True, sync_dist=True)
         return total
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -45,3 +45,31 @@ def augment(
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast + mean * brightness
     return x.clamp(0, 255).to(torch.uint8)
+
+
+def fill_black_border(images: torch.Tensor, level: int = 24) -> torch.Tensor:
+    """Fill the black frame that alignment leaves around tight crops (uint8 N,3,H,W).
+
+    Aligning a tight crop to the 112x112 template warps it and leaves black regions outside
+    the source photo (UTKFace crops: about the top 23 rows and 8 px at the sides, rotated).
+    Pixels whose brightest channel is at most ``level`` (black plus JPEG ringing) and that
+    connect to the image edge through such pixels form the frame; each takes the colour of the
+    nearest pixel outside it (nearest-neighbour inpainting), so a model trained on these
+    crops sees no black frame that evaluation faces lack. Images without one are unchanged.
+    """
+    from scipy import ndimage
+
+    out = images.clone()
+    array = out.numpy()  # shares memory with ``out``
+    dark = array.max(axis=1) <= level  # (N, H, W)
+    for i in np.flatnonzero(
+        dark[:, [0, -1], :].any(axis=(1, 2)) | dark[:, :, [0, -1]].any(axis=(1, 2))
+    ):
+        components, _ = ndimage.label(dark[i])
+        edge = np.concatenate([components[0], components[-1], components[:, 0], components[:, -1]])
+        frame = np.isin(components, np.unique(edge[edge > 0]))
+        if frame.all():
+            continue
+        _, (rows, cols) = ndimage.distance_transform_edt(frame, return_indices=True)
+        array[i] = array[i][:, rows, cols]
+    return out

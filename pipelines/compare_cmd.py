@@ -60,9 +60,7 @@ def summary_from_children(children: list[Any]) -> tuple[dict[str, str], dict[str
     if "distill" in by_stage:
         d = by_stage["distill"]
         tags["facekd.student"] = d.data.params.get("distill.student", "?")
-        losses = sorted(
-            {k.split(".")[2] for k in d.data.params if k.startswith("distill.losses.")}
-        )
+        losses = sorted({k.split(".")[2] for k in d.data.params if k.startswith("distill.losses.")})
         tags["facekd.distill.method"] = "+".join(losses) or "?"
         if "model.params" in d.data.metrics:
             metrics["model.params"] = d.data.metrics["model.params"]

@@ -29,6 +29,7 @@ from faces.data import (
     scan_image_folder,
     split_identities,
 )
+from faces.transforms import fill_black_border
 from faces.verification_sets import VerificationSet, load_verification_set
 from pipelines.config import PipelineConfig
 
@@ -302,7 +303,10 @@ class DataContext:
         return make_pairs(labels, self.cfg.eval_pairs, self.config.pipeline.seed)
 
     def unlabelled_images(self, folders: list[str]) -> torch.Tensor:
-        """All images under the given folders (any depth), decoded once; no labels needed."""
+        """All images under the given folders (any depth), decoded once; no labels needed.
+
+        Black alignment frames of tight crops (UTKFace) are filled from the nearest photo
+        pixels (:func:`faces.transforms.fill_black_border`)."""
         key = tuple(str(Path(f).resolve()) for f in folders)
         cache = self.__dict__.setdefault("_unlabelled", {})
         if key not in cache:
@@ -319,7 +323,7 @@ class DataContext:
             lambda i: load_image(paths[i]), len(paths), bad_images=self.cfg.bad_images
         )
         self._report_skipped(skipped)
-        return images
+        return fill_black_border(images)
 
     def probe_batch(self, n: int) -> torch.Tensor:
         """The first ``n`` evaluation images, normalised, for parity.

@@ -198,6 +198,10 @@ class Orchestrator:
             selected = [only]
         elif start:
             selected = selected[selected.index(start) :]
+        from pipelines.training import distributed_worker_rank
+
+        if distributed_worker_rank() > 0:
+            return self._run_as_distributed_worker(selected, force)
 
         with output_lock(self.output_dir):
             plans, produced = self.plan(selected, force)
@@ -258,6 +262,36 @@ class Orchestrator:
                 raise
             active_path.unlink(missing_ok=True)
         return self.records()
+
+    def _run_as_distributed_worker(
+        self, selected: list[str], force: bool
+    ) -> dict[str, dict[str, Any]]:
+        """A ``ddp`` worker process (rank > 0, started by Lightning re-running the command):
+        join the training of the stage that rank 0 is running, without the output lock,
+        MLflow runs or records (rank 0 writes those); the process ends after training."""
+        from pipelines.stages import StageContext
+        from pipelines.tracking import NullStageRun
+
+        plans, produced = self.plan(selected, force)
+        for plan in plans:
+            if plan.cached:
+                continue
+            plan.fingerprint = self.fingerprint(plan.name, produced)
+            old = self.read_record(plan.name)
+            if not force and old and old.get("fingerprint") == plan.fingerprint:
+                produced.update(old["outputs"])
+                continue
+            inputs = {k: Path(v["path"]) for k, v in produced.items()}
+            ctx = StageContext(
+                self.config, self.data, self.stage_dir(plan.name), inputs, NullStageRun()
+            )
+            _seed_everything(self.config.pipeline.seed)
+            self.stages[plan.name].run(ctx)  # exits after its training (pipelines.training)
+            break
+        raise RuntimeError(
+            "this process was started as a distributed worker (LOCAL_RANK/NODE_RANK > 0) but "
+            "no stage of the pipeline trains: nothing to join"
+        )
 
     def _resumable_stage_runs(self, tracker: Any, parent_id: str) -> set[str]:
         """Stage runs of interrupted stages that belong to ``parent_id`` (resumed, not closed)."""

@@ -152,3 +152,23 @@ class StageRun:
 
     def tags(self, tags: dict[str, str]) -> None:
         self.mlflow.set_tags(tags)
+
+
+class NullStageRun(StageRun):
+    """A stage run that logs nothing: what distributed worker processes (rank > 0) get, so
+    that one run per stage reaches MLflow, from rank 0."""
+
+    def __init__(self) -> None:
+        super().__init__(None, "")
+
+    def params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def artifact(self, path: str | os.PathLike, folder: str | None = None) -> None:
+        pass
+
+    def tags(self, tags: dict[str, str]) -> None:
+        pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,27 @@ def _schedule_callbacks(cfg: TrainConfig) -> list[pl.Callback]:
     return [BinarizationSchedule(float_epochs, act_epochs)]
 
 
+def distributed_worker_rank() -> int:
+    """Global rank of this process when Lightning (or torchrun / SLURM) started it as a worker
+    of distributed data parallel training; 0 for the main process.
+
+    Lightning's ``ddp`` strategy re-executes the command line (``facekd run ...``) once per
+    extra device with ``LOCAL_RANK`` set; other nodes' processes carry ``NODE_RANK``.
+    """
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")) or 0)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return node * per_node + local
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (respects ``taskset`` / cgroup affinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def fit(
     module: pl.LightningModule,
     dataset: Dataset,
@@ -112,7 +134,7 @@ def fit(
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*is not a PyTorch Lightning.*")
     pl.seed_everything(seed, workers=True, verbose=False)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(available_cpus())
     if len(dataset) < cfg.batch_size:
         raise ValueError(f"only {len(dataset)} training images for batch size {cfg.batch_size}")
     loader = DataLoader(
@@ -155,13 +177,18 @@ def fit(
         default_root_dir=str(stage_dir),
     )
     last = ckpt_dir / "last.ckpt"
+    worker = distributed_worker_rank() > 0
     if last.exists():
         state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
-        print(f"resuming {stage_dir.name} from {last} (after epoch {state['epoch'] + 1})")
+        if not worker:
+            print(f"resuming {stage_dir.name} from {last} (after epoch {state['epoch'] + 1})")
         del state
-    else:  # the starting point, logged as step 0
+    elif not worker:  # the starting point, logged as step 0
         sink(verification.evaluate(module, 0), 0)
     trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
+    if trainer.global_rank > 0:
+        # a distributed worker's job ends with training: rank 0 saves, exports and logs
+        sys.exit(0)
     if verification.last_epoch != trainer.current_epoch:  # stopped by max_time, or resumed
         sink(verification.evaluate(module, trainer.current_epoch), trainer.current_epoch)
     return verification.last

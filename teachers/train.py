@@ -64,8 +64,8 @@ class MarginTrainer(pl.LightningModule):
         emb = self.model(normalise(augment(images)).to(self.device))
         loss, acc = margin_loss(self.head, emb, labels)
         check_finite(loss, self.global_step, batch_idx)
-        self.log("train.loss", loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train.acc", acc, on_step=False, on_epoch=True)
+        self.log("train.loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("train.acc", acc, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def configure_optimizers(self) -> Any:
