@@ -17,7 +17,9 @@ PyTorch and LCE embeddings on real aligned faces, and the latency (batch 1, 1 th
 over ``--runs`` after warm-up, pooled over 2 interpreter instances) of the LCE model (indirect
 BGEMM kernel) beside its float twin in TFLite with XNNPACK, measured one after the other in
 this process. x86 has only LCE's generic kernels: the ratios are proxies for ARM. Exports
-stay in ``--out``/<converter>/<student> (``--reuse`` times them again without re-exporting).
+stay in ``--out``/<converter>/<student> (``--reuse`` times them again without re-exporting,
+and with ``--distill-steps`` reuses the distilled weights, also those distilled for the
+other converter: ``--converter onnx-tf --reuse`` exports the same trained students).
 
 Why distil first: a 1-bit network with random weights is chaotic. A float rounding difference
 of 1e-7 flips the sign of an activation that sits at zero, and with random weights one flip
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs/student_zoo", help="exports")
     ap.add_argument("--reuse", action="store_true", help="time earlier exports in --out again")
     ap.add_argument("--distill-steps", type=int, default=0, help="0: random weights")
+    ap.add_argument("--distill-batch", type=int, default=32)
     ap.add_argument("--train-faces", type=Path, default=ROOT.parent / "shared/faces/glint24")
     ap.add_argument(
         "--teacher",
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         train_images, _ = labelled_faces(args.train_faces, None)
         cached = teacher_cache(args.teacher, train_images)
         eval_images, eval_labels = labelled_faces(args.faces, args.eval_images)
-        pairs = make_pairs(eval_labels, 2 * len(eval_images), seed=0)
+        pairs = make_pairs(eval_labels, 5 * len(eval_images), seed=0)
         print(
             f"distilling {args.distill_steps} steps on {len(train_images)} faces of "
             f"{args.train_faces}; verification: {len(pairs)} pairs of {len(eval_images)} faces",
@@ -226,15 +229,17 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out / args.converter / name
         report = out / "export_report.json"
         weights = out / "student.pt"
+        if not weights.is_file():  # distilled for the other converter's table
+            weights = next(iter(sorted(args.out.glob(f"*/{name}/student.pt"))), weights)
         student = create_student(name, **({"embedding_size": cached.shape[-1]} if trained else {}))
         if trained and args.reuse and weights.is_file():
             student.load_state_dict(torch.load(weights, weights_only=True))
             student.eval()
             seconds = float("nan")
         elif trained:
-            seconds = distil(student, train_images, cached, args.distill_steps)
+            seconds = distil(student, train_images, cached, args.distill_steps, args.distill_batch)
             out.mkdir(parents=True, exist_ok=True)
-            torch.save(student.state_dict(), weights)
+            torch.save(student.state_dict(), out / "student.pt")
         else:
             calibrate_batchnorm(student, probe)  # deterministic: --reuse rebuilds the same model
         if args.reuse and report.is_file():  # time the flatbuffers exported before
@@ -276,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             from faces.evaluate import torch_embed_fn
 
             row["distill_steps"] = args.distill_steps
+            row["distill_batch"] = args.distill_batch
             row["distill_seconds"] = seconds
             row["acc_pytorch"] = verification(torch_embed_fn(student), eval_images, pairs)
             lce_fn = TFLiteRunner(lce, binary=True).embed
