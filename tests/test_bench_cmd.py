@@ -50,3 +50,33 @@ def test_bench_json_on_an_export_folder(tmp_path, capsys) -> None:
 def test_bench_refuses_a_folder_without_models(tmp_path, capsys) -> None:
     assert main(["bench", str(tmp_path), "--json"]) == 2
     assert "not an export folder" in capsys.readouterr().err
+
+
+class _Grouped(torch.nn.Module):
+    """A grouped binary conv (2 groups of 32): LCE's default x86 kernel refuses it."""
+
+    def __init__(self, binary: bool = True) -> None:
+        super().__init__()
+        from students.layers import BinaryConv2d
+
+        self.stem = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 64, 4, 4), torch.nn.BatchNorm2d(64), torch.nn.PReLU(64)
+        )
+        self.grouped = BinaryConv2d(64, 64, 3, groups=2, binary=binary)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.grouped(self.stem(x)).mean((2, 3))
+
+
+def test_bench_notes_a_runtime_that_refuses_the_model(tmp_path) -> None:
+    from pipelines.bench_cmd import bench
+
+    torch.manual_seed(0)
+    student, twin = _Grouped().eval(), _Grouped(binary=False).eval()
+    twin.load_state_dict(student.state_dict())
+    export_student(student, twin, torch.randn(2, 3, 112, 112), tmp_path)
+    result = bench(tmp_path, runs=2, warmup=1, instances=1, int8=False)
+    keys = {r["key"] for r in result["rows"]}
+    assert "lce_indirect" in keys and "lce_default" not in keys
+    assert "Grouped binary convolutions are not supported" in result["notes"]["lce_default"]
+    assert result["bench.speedup_vs_float"] > 0
