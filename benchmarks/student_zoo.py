@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="student names (default: the zoo)")
     ap.add_argument("--faces", type=Path, default=ROOT.parent / "shared/faces/celeba150")
     ap.add_argument("--probe", type=int, default=32)
-    ap.add_argument("--converter", default="onnx2tf")
+    ap.add_argument(
+        "--converter", nargs="+", default=["onnx2tf"], help="onnx2tf and/or onnx-tf: one row each"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "runs/student_zoo", help="exports")
     ap.add_argument("--reuse", action="store_true", help="time earlier exports in --out again")
     ap.add_argument("--distill-steps", type=int, default=0, help="0: random weights")
@@ -198,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-images", type=int, default=600, help="--faces images for pairs")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--json", help="also write the rows to this JSON file")
+    ap.add_argument("--table-from", type=Path, help="print the table of a --json file and exit")
     args = ap.parse_args(argv)
+    if args.table_from:
+        print_table(json.loads(args.table_from.read_text()), args.markdown)
+        return 0
 
     import torch
 
@@ -226,69 +232,73 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         torch.manual_seed(0)
-        out = args.out / args.converter / name
-        report = out / "export_report.json"
-        weights = out / "student.pt"
-        if not weights.is_file():  # distilled for the other converter's table
-            weights = next(iter(sorted(args.out.glob(f"*/{name}/student.pt"))), weights)
-        student = create_student(name, **({"embedding_size": cached.shape[-1]} if trained else {}))
-        if trained and args.reuse and weights.is_file():
-            student.load_state_dict(torch.load(weights, weights_only=True))
+        size = {"embedding_size": cached.shape[-1]} if trained else {}
+        student = create_student(name, **size)
+        saved = sorted(args.out.glob(f"*/{name}/student.pt"))  # distilled by an earlier run
+        seconds = float("nan")
+        if trained and args.reuse and saved:
+            student.load_state_dict(torch.load(saved[0], weights_only=True))
             student.eval()
-            seconds = float("nan")
         elif trained:
             seconds = distil(student, train_images, cached, args.distill_steps, args.distill_batch)
-            out.mkdir(parents=True, exist_ok=True)
-            torch.save(student.state_dict(), out / "student.pt")
+            for converter in args.converter:
+                (args.out / converter / name).mkdir(parents=True, exist_ok=True)
+                torch.save(student.state_dict(), args.out / converter / name / "student.pt")
         else:
             calibrate_batchnorm(student, probe)  # deterministic: --reuse rebuilds the same model
-        if args.reuse and report.is_file():  # time the flatbuffers exported before
-            exported = json.loads(report.read_text())
-            metrics, float_layers = exported["metrics"], exported["float_layers"]
-        else:
-            twin = create_student(
-                name, binary=False, **({"embedding_size": cached.shape[-1]} if trained else {})
-            ).eval()
-            twin.load_state_dict(student.state_dict())
-            result = export_student(student, twin, probe, out, args.converter, allow_partial=True)
-            metrics, float_layers = result.metrics, result.float_layers
-        lce = (out / "student_lce.tflite").read_bytes()
-        flt = (out / "student_float.tflite").read_bytes()
-        cos_lce, cos_self = parity(student, probe, lce)
-        timing = {"threads": 1, "runs": args.runs, "warmup": 10, "instances": 2}
-        lce_t = measure_latency(lce, binary=True, **timing)
-        flt_t = measure_latency(flt, binary=False, **timing)
-        m = metrics
-        row = {
-            "student": name,
-            "params": sum(p.numel() for p in student.parameters()),
-            "binary_macs": int(m["model.binary_macs"]),
-            "float_macs": int(m["model.float_macs"]),
-            "size_bytes": int(m["model.size_bytes"]),
-            "bconv_coverage": m["export.bconv_coverage"],
-            "float_layers": float_layers,
-            "cosine_min": float(cos_lce.min()),
-            "cosine_median": float(np.median(cos_lce)),
-            "self_cosine_min": float(cos_self.min()),
-            "self_cosine_median": float(np.median(cos_self)),
-            "lce_ms": lce_t["latency_ms_p50"],
-            "float_ms": flt_t["latency_ms_p50"],
-            "converter": args.converter,
-        }
-        row["speedup"] = row["float_ms"] / row["lce_ms"]
-        if trained:
-            from export.runtime import TFLiteRunner
-            from faces.evaluate import torch_embed_fn
+        for converter in args.converter:
+            out = args.out / converter / name
+            report = out / "export_report.json"
+            if args.reuse and report.is_file():  # time the flatbuffers exported before
+                exported = json.loads(report.read_text())
+                metrics, float_layers = exported["metrics"], exported["float_layers"]
+            else:
+                twin = create_student(name, binary=False, **size).eval()
+                twin.load_state_dict(student.state_dict())
+                result = export_student(student, twin, probe, out, converter, allow_partial=True)
+                metrics, float_layers = result.metrics, result.float_layers
+            lce = (out / "student_lce.tflite").read_bytes()
+            flt = (out / "student_float.tflite").read_bytes()
+            cos_lce, cos_self = parity(student, probe, lce)
+            timing = {"threads": 1, "runs": args.runs, "warmup": 10, "instances": 2}
+            lce_t = measure_latency(lce, binary=True, **timing)
+            flt_t = measure_latency(flt, binary=False, **timing)
+            m = metrics
+            row = {
+                "student": name,
+                "params": sum(p.numel() for p in student.parameters()),
+                "binary_macs": int(m["model.binary_macs"]),
+                "float_macs": int(m["model.float_macs"]),
+                "size_bytes": int(m["model.size_bytes"]),
+                "bconv_coverage": m["export.bconv_coverage"],
+                "float_layers": float_layers,
+                "cosine_min": float(cos_lce.min()),
+                "cosine_median": float(np.median(cos_lce)),
+                "self_cosine_min": float(cos_self.min()),
+                "self_cosine_median": float(np.median(cos_self)),
+                "lce_ms": lce_t["latency_ms_p50"],
+                "float_ms": flt_t["latency_ms_p50"],
+                "converter": converter,
+            }
+            row["speedup"] = row["float_ms"] / row["lce_ms"]
+            if trained:
+                from export.runtime import TFLiteRunner
+                from faces.evaluate import embed_images, torch_embed_fn
 
-            row["distill_steps"] = args.distill_steps
-            row["distill_batch"] = args.distill_batch
-            row["distill_seconds"] = seconds
-            row["acc_pytorch"] = verification(torch_embed_fn(student), eval_images, pairs)
-            lce_fn = TFLiteRunner(lce, binary=True).embed
-            row["acc_lce"] = verification(lce_fn, eval_images, pairs)
-            row["acc_delta_pt"] = 100 * (row["acc_lce"] - row["acc_pytorch"])
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
+                row["distill_steps"] = args.distill_steps
+                row["distill_batch"] = args.distill_batch
+                row["distill_seconds"] = seconds
+                pt_fn, lce_fn = torch_embed_fn(student), TFLiteRunner(lce, binary=True).embed
+                row["acc_pytorch"] = verification(pt_fn, eval_images, pairs)
+                row["acc_lce"] = verification(lce_fn, eval_images, pairs)
+                row["acc_delta_pt"] = 100 * (row["acc_lce"] - row["acc_pytorch"])
+                # parity over every evaluation face, not only the probe batch
+                both = embed_images(pt_fn, eval_images), embed_images(lce_fn, eval_images)
+                cosines = (both[0] * both[1]).sum(1)  # rows are L2-normalised
+                row["eval_cosine_min"] = float(cosines.min())
+                row["eval_share_cosine_099"] = float((cosines >= 0.99).mean())
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     print_table(rows, args.markdown)
@@ -306,21 +316,22 @@ def _vs(ours: float, paper: float | None, scale: float, unit: str = "") -> str:
 def print_table(rows: list[dict], markdown: bool) -> None:
     """Print the zoo table (markdown for the README, or plain)."""
     head = (
-        "| student | params (ours / paper) | 1-bit MACs M | 32-bit MACs M | LCE size MB | "
-        "bconv coverage | cosine PyTorch-LCE min / median | PyTorch-PyTorch at 1e-6 noise "
-        "min / median | LCE ms | float twin ms | speed-up |"
+        "| student | converter | params (ours / paper) | 1-bit MACs M | 32-bit MACs M | "
+        "LCE size MB | bconv coverage | cosine PyTorch-LCE min / median | "
+        "PyTorch-PyTorch at 1e-6 noise min / median | LCE ms | float twin ms | speed-up |"
     )
     trained = any("acc_pytorch" in r for r in rows)
     if trained:
-        head += " verify acc PyTorch / LCE (delta pt) |"
+        head += " verify acc PyTorch / LCE (delta pt) | eval faces: cosine min, share >= 0.99 |"
     print(head if markdown else head.replace("|", " "))
     if markdown:
-        print("|" + "---|" * (12 if trained else 11))
+        print("|" + "---|" * (14 if trained else 12))
     for r in rows:
         paper = TABLE2.get(PAPER_NAME.get(r["student"], r["student"]))
         bm, fm, mb, pp = paper if paper else (None, None, None, None)
         cells = [
             r["student"],
+            r.get("converter", "onnx2tf"),
             _vs(r["params"], pp, 1e6, "M"),
             _vs(r["binary_macs"], bm, 1e6),
             _vs(r["float_macs"], fm, 1e6),
@@ -336,6 +347,11 @@ def print_table(rows: list[dict], markdown: bool) -> None:
             cells.append(
                 f"{r['acc_pytorch']:.4f} / {r['acc_lce']:.4f} ({r['acc_delta_pt']:+.2f})"
                 if "acc_pytorch" in r
+                else "-"
+            )
+            cells.append(
+                f"{r['eval_cosine_min']:.4f}, {100 * r['eval_share_cosine_099']:.1f}%"
+                if "eval_cosine_min" in r
                 else "-"
             )
         print("| " + " | ".join(cells) + " |" if markdown else "  ".join(cells))
