@@ -153,12 +153,20 @@ def run_ablation(
         else:
             records = orch.run(force=force)
         rows.append(result_row(v, records, orch.data.eval_name))
-    table = ablation_table(rows)
+    # variants run by earlier invocations (``--variants``) keep their rows, in file order
+    summary = base_out / "ablation.json"
+    earlier = json.loads(summary.read_text()) if summary.is_file() else []
+    ran = {r["variant"] for r in rows}
+    order = list(_read(Path(path))["variants"])
+    merged = [r for r in earlier if r.get("variant") not in ran and r.get("variant") in order]
+    merged += rows
+    merged.sort(key=lambda r: order.index(r["variant"]))
+    table = ablation_table(merged)
     log("")
     log(table)
     base_out.mkdir(parents=True, exist_ok=True)
     (base_out / "ablation.md").write_text(table + "\n")
-    (base_out / "ablation.json").write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    summary.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
     return rows
 
 

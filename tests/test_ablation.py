@@ -162,6 +162,12 @@ def test_ablation_runs_sibling_pipelines_sharing_the_teacher(
     # running it again does nothing
     assert main(["ablate", "abl.yaml"]) == 0
     assert "nothing to do" in capsys.readouterr().out
+    # running one variant again keeps the other variants' rows in the table, in file order
+    assert main(["ablate", "abl.yaml", "--variants", "md"]) == 0
+    again = json.loads((runs_dir / "ablation.json").read_text())
+    in_file = list(yaml.safe_load((tmp_path / "abl.yaml").read_text())["variants"])
+    assert [r["variant"] for r in again] == in_file and len(in_file) == 3
+    assert next(r for r in again if r["variant"] == "none") == rows["none"]
 
 
 def test_ablation_table() -> None:
