@@ -329,8 +329,11 @@ def print_table(rows: list[dict], markdown: bool) -> None:
     for r in rows:
         paper = TABLE2.get(PAPER_NAME.get(r["student"], r["student"]))
         bm, fm, mb, pp = paper if paper else (None, None, None, None)
+        name = r["student"]
+        if r.get("distill_steps"):
+            name += f" ({r['distill_steps']} x {r.get('distill_batch', 32)})"
         cells = [
-            r["student"],
+            name,
             r.get("converter", "onnx2tf"),
             _vs(r["params"], pp, 1e6, "M"),
             _vs(r["binary_macs"], bm, 1e6),
