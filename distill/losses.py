@@ -6,8 +6,9 @@ A pipeline names its losses with weights and, optionally, hyper-parameters::
 
 Every loss is a :class:`DistillLoss` and says what it needs: the teacher's embeddings
 (``uses_teacher``), identity labels (``uses_labels``: only labelled images, label >= 0, reach
-it; unlabelled images carry the label -1) and class centres of the teacher (``uses_centres``,
-given by :meth:`DistillLoss.bind`). Losses without labels see every image of the batch.
+it; unlabelled images carry the label -1), class centres of the teacher (``uses_centres``)
+and a bank of the teacher's embeddings of the training images (``uses_bank``), both given by
+:meth:`DistillLoss.bind`. Losses without labels see every image of the batch.
 A set of losses none of which uses the teacher is training without a teacher: the baseline.
 """
 
@@ -36,13 +37,16 @@ class LossContext:
     ``centres``: (C, D) L2-normalised class centres of the teacher (its margin head's weights,
     or the normalised mean teacher embedding of each training identity); ``spread``: (C,) the
     mean cosine between the teacher's embeddings of a class's images and its centre (1 = all
-    on the centre; the smaller, the wider the class is spread).
+    on the centre; the smaller, the wider the class is spread); ``bank``: (M, D) the teacher's
+    L2-normalised embeddings of the training images (labelled and unlabelled, each image and
+    its mirror), for losses that compare a face with every other face.
     """
 
     embedding_size: int
     num_classes: int = 0
     centres: torch.Tensor | None = None
     spread: torch.Tensor | None = None
+    bank: torch.Tensor | None = None
 
 
 class DistillLoss(nn.Module):
@@ -51,6 +55,7 @@ class DistillLoss(nn.Module):
     uses_teacher: ClassVar[bool] = True
     uses_labels: ClassVar[bool] = False
     uses_centres: ClassVar[bool] = False
+    uses_bank: ClassVar[bool] = False
 
     def bind(self, context: LossContext) -> None:
         """Build what depends on the data (class heads); called once before training."""
@@ -160,6 +165,59 @@ class SimilarityPreservingLoss(DistillLoss):
         with torch.no_grad():
             g_t = self._gram(teacher.float())
         return (g_t - self._gram(student)).pow(2).sum() / (b * b)
+
+
+@DISTILL_LOSSES.register("seed")
+class SimilarityDistributionLoss(DistillLoss):
+    """Similarity-distribution distillation over a bank of teacher embeddings (SEED).
+
+    Fang et al. 2021 ("SEED: Self-supervised Distillation for Visual Representation"): the
+    student's and the teacher's embeddings of a face are each compared, by cosine, with a
+    bank of teacher embeddings (here: every training image and its mirror, labelled or not,
+    ``LossContext.bank``); the loss is the cross-entropy between the teacher's softmax over
+    the bank (temperature ``T_t``) and the student's (``T_s``), reported as the KL divergence
+    (0 when the student reproduces the teacher's similarities at equal temperatures). The
+    face's own teacher embedding is in the bank, so the target peaks there and spreads over
+    the faces the teacher finds similar: the student must place each face nearer its own
+    teacher embedding than to the thousands of other faces, the hard ones (look-alikes)
+    weighing most, which is what verification needs. Needs no labels. ``bank_size`` > 0
+    keeps a fixed random subset
+    of the bank (seeded) to bound memory and compute: O(batch x bank x D) per step.
+    """
+
+    uses_bank = True
+
+    def __init__(
+        self,
+        T_s: float = 0.05,  # noqa: N803 - the paper's temperatures
+        T_t: float = 0.05,  # noqa: N803
+        bank_size: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if T_s <= 0 or T_t <= 0:
+            raise ValueError(f"temperatures must be positive, got T_s={T_s}, T_t={T_t}")
+        if bank_size < 0:
+            raise ValueError(f"bank_size must be >= 0 (0: the whole bank), got {bank_size}")
+        self.T_s, self.T_t, self.bank_size, self.seed = T_s, T_t, int(bank_size), seed
+
+    def bind(self, context: LossContext) -> None:
+        if context.bank is None or len(context.bank) < 2:
+            raise ValueError("the seed loss needs a bank of teacher embeddings (LossContext.bank)")
+        bank = F.normalize(context.bank.detach().float().reshape(-1, context.bank.shape[-1]), dim=1)
+        if 0 < self.bank_size < len(bank):
+            g = torch.Generator().manual_seed(self.seed)
+            bank = bank[torch.randperm(len(bank), generator=g)[: self.bank_size]]
+        self.register_buffer("bank", bank.contiguous(), persistent=False)
+
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor, labels: Any = None
+    ) -> torch.Tensor:
+        bank = self.bank.to(student.dtype)
+        with torch.no_grad():
+            p_t = F.softmax(F.normalize(teacher.to(bank.dtype), dim=1) @ bank.t() / self.T_t, 1)
+        log_p_s = F.log_softmax(F.normalize(student, dim=1) @ bank.t() / self.T_s, dim=1)
+        return F.kl_div(log_p_s, p_t, reduction="batchmean")
 
 
 class _CentresMixin:
@@ -368,7 +426,13 @@ def uses_teacher(terms: dict[str, Any]) -> bool:
 
 
 def uses_centres(terms: dict[str, Any]) -> bool:
+    """Whether any loss needs the teacher's class centres."""
     return any(c.uses_centres for c in loss_classes(terms).values())
+
+
+def uses_bank(terms: dict[str, Any]) -> bool:
+    """Whether any loss needs the bank of the teacher's embeddings of the training images."""
+    return any(c.uses_bank for c in loss_classes(terms).values())
 
 
 def label_free(terms: dict[str, Any]) -> bool:
@@ -413,6 +477,8 @@ class WeightedLoss(nn.Module):
                 loss.bind(context)
             elif loss.uses_centres or loss.uses_labels and not loss.uses_teacher:
                 raise ValueError(f"{type(loss).__name__} needs a LossContext (labelled classes)")
+            elif loss.uses_bank:
+                raise ValueError(f"{type(loss).__name__} needs a LossContext with a bank")
         self.uses_teacher = any(loss.uses_teacher for loss in self.losses.values())
 
     def forward(

@@ -8,6 +8,10 @@ for most operators. Unprepared, a binarizer ``Where`` then reaches the convoluti
 * :func:`legacy_opset` relabels the graph as opset 13 where the newer operator versions only
   added types (checked node by node; anything else is refused);
 * :func:`nhwc_input` makes the model take NHWC images like the onnx2tf route's;
+* :func:`single_axis_reduce_sums` splits every ``ReduceSum`` over several axes into a chain
+  of one-axis ``ReduceSum`` nodes: onnx-tf 1.10's ReduceSum-13 handler keeps only the first
+  entry of the ``axes`` input (``axis = axes[0]``), so a sum over H and W silently summed H
+  only (the additive attention's token pooling in ``students.attention``);
 * :func:`sign_inside_layout` moves each binarizer (and its constant one-padding) between an
   explicit NCHW -> NHWC / NHWC -> NCHW transpose pair, so onnx-tf's own layout transpose
   cancels the second one and ``Select`` feeds ``Conv2D`` directly; stride-1 convolutions
@@ -61,6 +65,7 @@ class OnnxTfPrep:
     same_padding: list[str] = field(default_factory=list)
     nhwc_batchnorm: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    split_reduce_sums: list[str] = field(default_factory=list)
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -116,6 +121,55 @@ def _axes_to_attribute(node: onnx.NodeProto, consts: dict) -> None:
         node.attribute.append(helper.make_attribute("axes", [int(a) for a in axes]))
     if any(a.name == "noop_with_empty_axes" and a.i for a in node.attribute):
         raise OnnxTfError(f"{node.name}: {node.op_type} with noop_with_empty_axes needs opset 18")
+
+
+def single_axis_reduce_sums(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Every ``ReduceSum`` over k > 1 constant axes as a chain of k one-axis ``ReduceSum``.
+
+    Exact up to float summation order. Without ``keepdims`` the axes are reduced from the last
+    to the first so that the remaining indices stay valid (negative axes need the input's rank
+    from shape inference). Returns the model and the names of the nodes split.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    ranks: dict[str, int] | None = None
+    nodes, split = [], []
+    for node in model.graph.node:
+        axes = consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+        if node.op_type != "ReduceSum" or axes is None or axes.size < 2:
+            nodes.append(node)
+            continue
+        keepdims = _attrs(node).get("keepdims", 1)
+        axes = [int(a) for a in axes.reshape(-1)]
+        if any(a < 0 for a in axes):
+            if ranks is None:
+                inferred = onnx.shape_inference.infer_shapes(model).graph
+                ranks = {
+                    v.name: len(v.type.tensor_type.shape.dim)
+                    for v in [*inferred.input, *inferred.value_info, *inferred.output]
+                    if v.type.tensor_type.HasField("shape")
+                }
+            rank = ranks.get(node.input[0])
+            if rank is None:
+                raise OnnxTfError(f"{node.name}: ReduceSum with negative axes of unknown rank")
+            axes = [a % rank for a in axes]
+        axes = sorted(set(axes), reverse=True)
+        current = node.input[0]
+        for i, axis in enumerate(axes):
+            axis_name = f"{node.name}_axis{i}"
+            axis_value = numpy_helper.from_array(np.array([axis], np.int64), axis_name)
+            model.graph.initializer.append(axis_value)
+            out = node.output[0] if i == len(axes) - 1 else f"{node.name}_sum{i}"
+            nodes.append(
+                helper.make_node(
+                    "ReduceSum", [current, axis_name], [out], f"{node.name}_{i}", keepdims=keepdims
+                )
+            )
+            current = out
+        split.append(node.name)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model, split
 
 
 def rename_io(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -363,7 +417,8 @@ def prepare_for_onnx_tf(
 ) -> tuple[onnx.ModelProto, OnnxTfPrep]:
     """Both passes and the I/O renaming: the ONNX graph handed to onnx-tf."""
     model, prep = sign_inside_layout(model, binary_convs)
-    return nhwc_input(rename_io(legacy_opset(model))), prep
+    model, prep.split_reduce_sums = single_axis_reduce_sums(legacy_opset(model))
+    return nhwc_input(rename_io(model)), prep
 
 
 def run_onnx_tf(onnx_path: str | os.PathLike, saved_model_dir: str | os.PathLike) -> Path:

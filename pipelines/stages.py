@@ -179,7 +179,13 @@ class DistillStage(Stage):
     produces = ("student",)
 
     def run(self, ctx: StageContext) -> StageResult:
-        from distill.losses import LossContext, label_free, uses_centres, uses_teacher
+        from distill.losses import (
+            LossContext,
+            label_free,
+            uses_bank,
+            uses_centres,
+            uses_teacher,
+        )
         from distill.module import (
             Distiller,
             cached_teacher_embeddings,
@@ -236,6 +242,8 @@ class DistillStage(Stage):
             context.centres, context.spread = class_centres(
                 labelled, labels[:n_labelled], num_classes, _teacher_head(ctx)
             )
+        if uses_bank(cfg.losses):
+            context.bank = cached if cached is not None else teacher_embeddings(teacher, images)
         module = Distiller(
             student,
             teacher if need_teacher else None,

@@ -101,8 +101,12 @@ TINY = {
     },
     "variants": {
         "none": {"distill.losses": {"arcface": {"weight": 1.0, "s": 16, "m": 0.2}}},
-        "cosine_md": {
-            "distill.losses": {"cosine": 1.0, "margin_distillation": {"s": 16, "per": "class"}}
+        "cosine_md": {  # + SEED: its bank is the cached teacher embeddings of all faces
+            "distill.losses": {
+                "cosine": 1.0,
+                "margin_distillation": {"s": 16, "per": "class"},
+                "seed": {"weight": 0.5, "T_s": 0.1, "T_t": 0.1},
+            }
         },
         "md": {"distill.losses": {"margin_distillation": {"s": 16}}},
     },
@@ -129,7 +133,7 @@ def test_ablation_runs_sibling_pipelines_sharing_the_teacher(
     assert (runs_dir / "cosine_md" / "teacher").resolve() == (runs_dir / "teacher").resolve()
     rows = {r["variant"]: r for r in json.loads((runs_dir / "ablation.json").read_text())}
     assert rows["none"]["method"] == "none"
-    assert rows["cosine_md"]["method"] == "cosine+margin_distillation+unlabelled"
+    assert rows["cosine_md"]["method"] == "cosine+margin_distillation+seed+unlabelled"
     labelled = rows["none"]["train_images"]
     assert rows["none"]["images_seen"] == rows["none"]["steps"] * 16
     # the unlabelled faces join only the variant with a label-free loss
@@ -157,8 +161,15 @@ def test_ablation_runs_sibling_pipelines_sharing_the_teacher(
         assert "mlflow.parentRunId" not in run.data.tags  # siblings, not nested
     assert parents["none"].data.tags["facekd.distill.method"] == "none"
     assert parents["cosine_md"].data.tags["facekd.distill.method"] == (
-        "cosine+margin_distillation+unlabelled"
+        "cosine+margin_distillation+seed+unlabelled"
     )
+    distill = next(
+        r
+        for r in runs
+        if r.data.tags.get("facekd.stage") == "distill"
+        and r.data.tags.get("mlflow.parentRunId") == parents["cosine_md"].info.run_id
+    )
+    assert distill.data.metrics["train.loss_seed"] > 0  # every loss term is logged
     # running it again does nothing
     assert main(["ablate", "abl.yaml"]) == 0
     assert "nothing to do" in capsys.readouterr().out

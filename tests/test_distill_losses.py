@@ -19,12 +19,14 @@ from distill.losses import (
     MarginHeadLoss,
     RKDAngleLoss,
     RKDDistanceLoss,
+    SimilarityDistributionLoss,
     SimilarityPreservingLoss,
     WeightedLoss,
     create_loss,
     label_free,
     loss_spec,
     method_name,
+    uses_bank,
     uses_teacher,
 )
 from distill.module import Distiller, class_centres
@@ -121,8 +123,75 @@ def test_similarity_preserving_invariances_and_hand_computed() -> None:
     assert float(loss(s, tt)) == pytest.approx(expected, rel=1e-6)
 
 
+# ---- SEED: similarity distributions over a bank of teacher embeddings ----------------------
+
+
+def _bank_context(n: int = 40, seed: int = 0) -> LossContext:
+    g = torch.Generator().manual_seed(seed)
+    return LossContext(D, bank=F.normalize(torch.randn(n, 2, D, generator=g), dim=-1))
+
+
+def test_seed_is_zero_for_the_teacher_and_hand_computed() -> None:
+    ctx = _bank_context()
+    loss = SimilarityDistributionLoss(T_s=0.1, T_t=0.1)
+    loss.bind(ctx)
+    assert loss.bank.shape == (80, D)  # every image and its mirror
+    t = ctx.bank[:6, 0]
+    assert float(loss(t.clone(), t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(loss(3.0 * t, t)) == pytest.approx(0.0, abs=1e-6)  # cosine: scale-free
+    # a bank of two orthogonal unit vectors: the teacher on the first, the student on the
+    # second; p_t = softmax(1/T, 0) and p_s = softmax(0, 1/T): KL = (p1 - p2) * (1/T)
+    two = LossContext(2, bank=torch.eye(2)[:, None, :])
+    loss = SimilarityDistributionLoss(T_s=0.5, T_t=0.5)
+    loss.bind(two)
+    p1 = 1 / (1 + math.exp(-2.0))
+    expected = p1 * math.log(p1 / (1 - p1)) + (1 - p1) * math.log((1 - p1) / p1)
+    got = loss(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]))
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_seed_prefers_the_own_teacher_embedding_and_trains_towards_it() -> None:
+    ctx = _bank_context()
+    loss = SimilarityDistributionLoss()
+    loss.bind(ctx)
+    t = ctx.bank[:4, 0]
+    near_own = F.normalize(t + 0.3 * _emb(4, seed=2), dim=1)
+    near_other = F.normalize(ctx.bank[10:14, 0] + 0.3 * _emb(4, seed=2), dim=1)
+    assert float(loss(near_own, t)) < float(loss(near_other, t))
+    s = _emb(4, seed=3).requires_grad_(True)
+    before = float(loss(s, t))
+    opt = torch.optim.Adam([s], lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        loss(s, t).backward()
+        opt.step()
+    assert float(loss(s, t)) < 0.01 * before
+    # each student embedding is now nearest to its own teacher embedding among the bank
+    nearest = (F.normalize(s.detach(), dim=1) @ loss.bank.t()).argmax(1)
+    assert nearest.tolist() == [0, 2, 4, 6]  # bank rows: image 0, its mirror, image 1, ...
+
+
+def test_seed_needs_a_bank_and_checks_its_parameters() -> None:
+    assert uses_bank({"seed": 1.0}) and not uses_bank({"cosine": 1.0})
+    assert label_free({"seed": 1.0}) and uses_teacher({"seed": 1.0})
+    with pytest.raises(ValueError, match="bank"):
+        WeightedLoss({"seed": 1.0})
+    with pytest.raises(ValueError, match="bank"):
+        WeightedLoss({"seed": 1.0}, LossContext(D))
+    with pytest.raises(ValueError, match="temperatures"):
+        create_loss("seed", {"T_s": 0.0})
+    with pytest.raises(ValueError, match="bank_size"):
+        create_loss("seed", {"bank_size": -1})
+    loss = create_loss("seed", {"bank_size": 16, "seed": 3})
+    loss.bind(_bank_context())
+    assert loss.bank.shape == (16, D)
+    assert "bank" not in loss.state_dict()  # rebuilt from the data, never checkpointed
+
+
 def test_relational_losses_give_gradients_to_the_student_only() -> None:
-    for loss in (RKDDistanceLoss(), RKDAngleLoss(), SimilarityPreservingLoss()):
+    seed = SimilarityDistributionLoss()
+    seed.bind(LossContext(D, bank=_emb(20).reshape(10, 2, D)))
+    for loss in (RKDDistanceLoss(), RKDAngleLoss(), SimilarityPreservingLoss(), seed):
         s = _emb(seed=4).requires_grad_(True)
         t = _emb().requires_grad_(True)
         loss(s, t).backward()

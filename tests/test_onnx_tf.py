@@ -10,7 +10,7 @@ import torch
 from export.layer_report import layer_table
 from export.lowering import lower_bipolar_quant
 from export.onnx_export import export_qonnx
-from export.onnx_tf import legacy_opset, prepare_for_onnx_tf
+from export.onnx_tf import legacy_opset, prepare_for_onnx_tf, single_axis_reduce_sums
 from export.runtime import TFLiteRunner
 from export.tensorflow import CONVERTERS
 from export.tflite import convert_lce, flatbuffer_ops, op_histogram
@@ -63,6 +63,72 @@ def test_legacy_opset_refuses_operators_whose_meaning_changed(lowered) -> None:
     )
     with pytest.raises(RuntimeError, match="Resize"):
         legacy_opset(bad)
+
+
+def test_reduce_sums_over_several_axes_become_one_axis_chains() -> None:
+    # onnx-tf 1.10 reduces only axes[0] of a ReduceSum-13: the pass leaves one axis per node
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 5])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "abc"]
+    inits = [
+        numpy_helper.from_array(np.array(v, np.int64), n)
+        for n, v in (("hw", [2, 3]), ("neg", [-1, 1]), ("one_axis", [1]))
+    ]
+    nodes = [
+        helper.make_node("ReduceSum", ["x", "hw"], ["a"], "pool", keepdims=1),
+        helper.make_node("ReduceSum", ["x", "neg"], ["b"], "drop", keepdims=0),
+        helper.make_node("ReduceSum", ["x", "one_axis"], ["c"], "one", keepdims=1),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], outs, inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    split, names = single_axis_reduce_sums(model)
+    assert names == ["pool", "drop"]
+    reduce_sums = [n for n in split.graph.node if n.op_type == "ReduceSum"]
+    assert len(reduce_sums) == 5
+    consts = {t.name: numpy_helper.to_array(t) for t in split.graph.initializer}
+    assert all(consts[n.input[1]].size == 1 for n in reduce_sums)
+    data = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+
+    def run(m):
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": data})
+
+    for got, want in zip(run(split), run(model), strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_onnx_tf_sums_over_every_axis_asked(tmp_path) -> None:
+    # unprepared, onnx-tf 1.10 sums a over H only and c over C only (wrong values and shapes)
+    import onnx
+    import tensorflow as tf
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.onnx_tf import convert_with_onnx_tf
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    inits = [
+        numpy_helper.from_array(np.array(v, np.int64), n)
+        for n, v in (("hw", [2, 3]), ("cw", [1, -1]))
+    ]
+    nodes = [
+        helper.make_node("ReduceSum", ["x", "hw"], ["a"], "pool", keepdims=1),
+        helper.make_node("Mul", ["x", "a"], ["b"], "scale"),
+        helper.make_node("ReduceSum", ["b", "cw"], ["y"], "drop", keepdims=0),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    onnx.save(model, tmp_path / "sums.onnx")
+    saved = convert_with_onnx_tf(tmp_path / "sums.onnx", tmp_path / "saved_model")
+    data = np.random.default_rng(0).standard_normal((1, 3, 4, 5)).astype(np.float32)
+    fn = tf.saved_model.load(str(saved)).signatures["serving_default"]
+    got = next(iter(fn(input=tf.constant(data.transpose(0, 2, 3, 1))).values())).numpy()
+    np.testing.assert_allclose(got, _ort(model, data), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
