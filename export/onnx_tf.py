@@ -12,6 +12,11 @@ for most operators. Unprepared, a binarizer ``Where`` then reaches the convoluti
   of one-axis ``ReduceSum`` nodes: onnx-tf 1.10's ReduceSum-13 handler keeps only the first
   entry of the ``axes`` input (``axis = axes[0]``), so a sum over H and W silently summed H
   only (the additive attention's token pooling in ``students.attention``);
+* :func:`unit_pads` splits every constant ``Pad`` wider than one element per side into a
+  chain of pads of at most one: onnx-tf's Pad handler traces a negative-pad branch
+  (``tf.slice`` from ``-pads``) that TensorFlow rejects at conversion time for a pad of two
+  or more ("Invalid value in tensor used for shape: -2"; the BinaryDenseNets' 7x7 stride-2
+  stem pads 2 + 3);
 * :func:`sign_inside_layout` moves each binarizer (and its constant one-padding) between an
   explicit NCHW -> NHWC / NHWC -> NCHW transpose pair, so onnx-tf's own layout transpose
   cancels the second one and ``Select`` feeds ``Conv2D`` directly; stride-1 convolutions
@@ -66,6 +71,7 @@ class OnnxTfPrep:
     nhwc_batchnorm: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     split_reduce_sums: list[str] = field(default_factory=list)
+    split_pads: list[str] = field(default_factory=list)
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -166,6 +172,43 @@ def single_axis_reduce_sums(model: onnx.ModelProto) -> tuple[onnx.ModelProto, li
                 )
             )
             current = out
+        split.append(node.name)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model, split
+
+
+def unit_pads(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Every constant/edge ``Pad`` with some pad > 1 as a chain of pads of at most 1 per side.
+
+    Exact: padding by a then b with the same constant (or edge replication) is padding by
+    a + b. Pads must be constant, non-negative. Returns the model and the names of the nodes
+    split.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes, split = [], []
+    for node in model.graph.node:
+        pads = consts.get(node.input[1]) if node.op_type == "Pad" and len(node.input) > 1 else None
+        mode = _attrs(node).get("mode", b"constant")
+        if pads is None or pads.max(initial=0) <= 1 or mode not in (b"constant", b"edge"):
+            nodes.append(node)
+            continue
+        if pads.min() < 0:
+            raise OnnxTfError(f"{node.name}: Pad with negative pads {pads.tolist()}")
+        remaining = pads.astype(np.int64).reshape(-1)
+        current, step = node.input[0], 0
+        while remaining.any():
+            now = np.minimum(remaining, 1)
+            remaining = remaining - now
+            pads_name = f"{node.name}_pads{step}"
+            model.graph.initializer.append(numpy_helper.from_array(now, pads_name))
+            out = node.output[0] if not remaining.any() else f"{node.name}_step{step}"
+            inputs = [current, pads_name, *node.input[2:3]]
+            nodes.append(
+                helper.make_node("Pad", inputs, [out], f"{node.name}_{step}", mode=mode.decode())
+            )
+            current, step = out, step + 1
         split.append(node.name)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
@@ -418,6 +461,7 @@ def prepare_for_onnx_tf(
     """Both passes and the I/O renaming: the ONNX graph handed to onnx-tf."""
     model, prep = sign_inside_layout(model, binary_convs)
     model, prep.split_reduce_sums = single_axis_reduce_sums(legacy_opset(model))
+    model, prep.split_pads = unit_pads(model)
     return nhwc_input(rename_io(model)), prep
 
 

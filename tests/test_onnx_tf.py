@@ -10,7 +10,12 @@ import torch
 from export.layer_report import layer_table
 from export.lowering import lower_bipolar_quant
 from export.onnx_export import export_qonnx
-from export.onnx_tf import legacy_opset, prepare_for_onnx_tf, single_axis_reduce_sums
+from export.onnx_tf import (
+    legacy_opset,
+    prepare_for_onnx_tf,
+    single_axis_reduce_sums,
+    unit_pads,
+)
 from export.runtime import TFLiteRunner
 from export.tensorflow import CONVERTERS
 from export.tflite import convert_lce, flatbuffer_ops, op_histogram
@@ -100,31 +105,54 @@ def test_reduce_sums_over_several_axes_become_one_axis_chains() -> None:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def _pad_and_sum_model():
+    """x (1, 3, 4, 5) -> one-pad H, W by 2 before and 3 after -> sums over (H, W), then (C, W)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 9])
+    inits = [
+        numpy_helper.from_array(np.array(v, np.int64), n)
+        for n, v in (("hw", [2, 3]), ("cw", [1, -1]), ("pads", [0, 0, 2, 2, 0, 0, 3, 3]))
+    ]
+    inits.append(numpy_helper.from_array(np.array(1.0, np.float32), "one"))
+    nodes = [
+        helper.make_node("Pad", ["x", "pads", "one"], ["p"], "pad", mode="constant"),
+        helper.make_node("ReduceSum", ["p", "hw"], ["a"], "pool", keepdims=1),
+        helper.make_node("Mul", ["p", "a"], ["b"], "scale"),
+        helper.make_node("ReduceSum", ["b", "cw"], ["y"], "drop", keepdims=0),
+    ]
+    return helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)]
+    )
+
+
+def test_wide_pads_become_chains_of_unit_pads() -> None:
+    from onnx import numpy_helper
+
+    model = _pad_and_sum_model()
+    split, names = unit_pads(model)
+    assert names == ["pad"]
+    consts = {t.name: numpy_helper.to_array(t) for t in split.graph.initializer}
+    pads = [consts[n.input[1]] for n in split.graph.node if n.op_type == "Pad"]
+    assert len(pads) == 3 and all(p.max() <= 1 for p in pads)
+    assert sum(pads).tolist() == [0, 0, 2, 2, 0, 0, 3, 3]
+    data = np.random.default_rng(0).standard_normal((1, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_allclose(_ort(split, data), _ort(model, data), rtol=1e-6)
+
+
 @pytest.mark.slow
-def test_onnx_tf_sums_over_every_axis_asked(tmp_path) -> None:
-    # unprepared, onnx-tf 1.10 sums a over H only and c over C only (wrong values and shapes)
+def test_onnx_tf_pads_and_sums_like_onnx_runtime(tmp_path) -> None:
+    # unprepared, onnx-tf 1.10 fails on the pad of 2 ("Invalid value in tensor used for
+    # shape: -2") and sums over H only / C only (wrong values and shapes)
     import onnx
     import tensorflow as tf
-    from onnx import TensorProto, helper, numpy_helper
 
     from export.onnx_tf import convert_with_onnx_tf
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 5])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    inits = [
-        numpy_helper.from_array(np.array(v, np.int64), n)
-        for n, v in (("hw", [2, 3]), ("cw", [1, -1]))
-    ]
-    nodes = [
-        helper.make_node("ReduceSum", ["x", "hw"], ["a"], "pool", keepdims=1),
-        helper.make_node("Mul", ["x", "a"], ["b"], "scale"),
-        helper.make_node("ReduceSum", ["b", "cw"], ["y"], "drop", keepdims=0),
-    ]
-    model = helper.make_model(
-        helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)]
-    )
-    onnx.save(model, tmp_path / "sums.onnx")
-    saved = convert_with_onnx_tf(tmp_path / "sums.onnx", tmp_path / "saved_model")
+    model = _pad_and_sum_model()
+    onnx.save(model, tmp_path / "m.onnx")
+    saved = convert_with_onnx_tf(tmp_path / "m.onnx", tmp_path / "saved_model")
     data = np.random.default_rng(0).standard_normal((1, 3, 4, 5)).astype(np.float32)
     fn = tf.saved_model.load(str(saved)).signatures["serving_default"]
     got = next(iter(fn(input=tf.constant(data.transpose(0, 2, 3, 1))).values())).numpy()
