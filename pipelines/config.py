@@ -105,9 +105,12 @@ class DistillTrainConfig(TrainConfig):
     multi-stage binarization: ``float_epochs`` in full precision, then
     ``binary_activation_epochs`` with binary activations and float weights, then fully binary.
     The straight-through estimator and latent-weight clipping are student arguments
-    (``distill.args: {ste: approx_sign, weight_clip: 1.25}``)."""
+    (``distill.args: {ste: approx_sign, weight_clip: 1.25}``). ``labelled_share``: with
+    unlabelled images in training, the share of labelled faces in every batch (default: their
+    share of the data), for losses that need labels beside label-free ones."""
 
     lr: float = Field(2e-3, gt=0)
+    labelled_share: float | None = Field(None, gt=0, lt=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     warmup_epochs: float = Field(0.0, ge=0)

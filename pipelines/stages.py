@@ -257,6 +257,15 @@ class DistillStage(Stage):
             warmup_epochs=getattr(cfg.train, "warmup_epochs", 0.0),
             momentum=getattr(cfg.train, "momentum", 0.9),
         )
+        sampler = None
+        if cfg.train.labelled_share is not None and len(images) > n_labelled:
+            from faces.sampling import LabelledShareSampler
+
+            sampler = LabelledShareSampler(
+                n_labelled, len(images), cfg.train.labelled_share, ctx.config.pipeline.seed
+            )
+        elif cfg.train.labelled_share is not None:
+            print("note: distill.train.labelled_share is not used: no unlabelled faces in training")
         metrics = fit(
             module,
             dataset,
@@ -265,6 +274,7 @@ class DistillStage(Stage):
             ctx.stage_dir,
             ctx.run.metrics,
             ctx.config.pipeline.seed,
+            sampler,
         )
         out = save_model(ctx.stage_dir / "student.pt", "student", cfg.student, args, student)
         metrics["model.params"] = float(count_params(student))

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from faces.callbacks import MetricsCallback, MetricSink, VerificationCallback
 from pipelines.config import TrainConfig
@@ -123,8 +123,11 @@ def fit(
     stage_dir: Path,
     sink: MetricSink,
     seed: int,
+    sampler: Sampler[int] | None = None,
 ) -> dict[str, float]:
     """Train ``module`` on ``dataset``; resumes from ``stage_dir/checkpoints/last.ckpt``.
+
+    ``sampler`` replaces plain shuffling (e.g. a fixed share of labelled faces per batch).
 
     Verification on the evaluation pairs runs every ``cfg.eval_every`` epochs and at the end;
     every epoch's metrics go to ``sink``. Returns the last verification metrics.
@@ -138,7 +141,12 @@ def fit(
     if len(dataset) < cfg.batch_size:
         raise ValueError(f"only {len(dataset)} training images for batch size {cfg.batch_size}")
     loader = DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=0
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=0,
     )
     verification = VerificationCallback(
         data.eval_images, data.eval_pairs, data.eval_name, every=cfg.eval_every

@@ -106,7 +106,8 @@ TINY = {
                 "cosine": 1.0,
                 "margin_distillation": {"s": 16, "per": "class"},
                 "seed": {"weight": 0.5, "T_s": 0.1, "T_t": 0.1},
-            }
+            },
+            "distill.train.labelled_share": 0.5,
         },
         "md": {"distill.losses": {"margin_distillation": {"s": 16}}},
     },

@@ -104,6 +104,10 @@ def test_wrong_type_names_key_path_and_value(tmp_path: Path) -> None:
 def test_out_of_range_value(tmp_path: Path) -> None:
     path = _write(tmp_path, {"pipeline": {"name": "t"}, "data": {"eval_fraction": 1.5}})
     assert "data.eval_fraction:" in _error(path)
+    path = _write(
+        tmp_path, {"pipeline": {"name": "t"}, "distill": {"train": {"labelled_share": 1}}}
+    )
+    assert "distill.train.labelled_share:" in _error(path)
 
 
 def test_unknown_distill_loss_lists_known(tmp_path: Path) -> None:
