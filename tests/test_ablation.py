@@ -40,7 +40,9 @@ def test_ablation_kd_expands_into_one_pipeline_per_method() -> None:
             "facekd.ablation.variant": v.name,
         }
         assert v.shares_teacher  # one teacher stage for all
-        assert c.distill.student == "birealface" and c.distill.train.max_minutes == 50
+        student = "quicknet_small" if v.name.endswith("_quicknet_small") else "birealface"
+        assert c.distill.student == student and c.distill.train.max_minutes == 50
+    assert by["seed_quicknet_small"].distill.args == {}  # not the BiRealFace's width/depths
     # a variant's keys replace the base's (losses are not merged with the base's cosine)
     assert by["none"].distill.losses == {"arcface": {"weight": 1.0, "s": 32, "m": 0.3}}
     assert by["margin_distillation"].distill.losses == {
