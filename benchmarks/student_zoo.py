@@ -149,11 +149,28 @@ def distil(student, images, cached, steps: int, batch_size: int = 32, lr: float 
     return time.perf_counter() - start
 
 
-def verification(embed, images, pairs) -> float:
-    """10-fold verification accuracy of ``embed`` (normalised batch -> embeddings) on pairs."""
-    from faces.evaluate import evaluate_pairs
+def verification(embeddings: np.ndarray, pairs: np.ndarray) -> float:
+    """10-fold verification accuracy on ``pairs`` (i, j, same) of L2-normalised embeddings."""
+    from faces.verification import cosine_scores, verification_metrics
 
-    return evaluate_pairs(embed, images, pairs, "probe")["verify.probe.acc"]
+    scores = cosine_scores(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]])
+    return float(verification_metrics(scores, pairs[:, 2])["acc"])
+
+
+def pytorch_reference(student, images, pairs, noise_draws: int) -> dict:
+    """PyTorch's embeddings of ``images`` and accuracy on ``pairs``, and the accuracy deltas
+    (pt) of the same model on inputs perturbed by 1e-6 relative noise, one per draw: how far
+    the model's own float rounding moves its accuracy, the floor of any export's delta."""
+    from faces.evaluate import embed_images, perturbed_embed_fn, torch_embed_fn
+
+    embed = torch_embed_fn(student)
+    embeddings = embed_images(embed, images)
+    acc = verification(embeddings, pairs)
+    deltas = [
+        100 * (verification(embed_images(perturbed_embed_fn(embed, 1e-6, k), images), pairs) - acc)
+        for k in range(noise_draws)
+    ]
+    return {"embeddings": embeddings, "acc": acc, "noise_deltas_pt": deltas}
 
 
 def parity(student, probe, flatbuffer: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +214,18 @@ def main(argv: list[str] | None = None) -> int:
         default=ROOT.parent / "shared/weights/mobilefacenet_casia_068.ckpt",
         help="MobileFaceNet checkpoint (the teacher of --distill-steps)",
     )
-    ap.add_argument("--eval-images", type=int, default=600, help="--faces images for pairs")
+    ap.add_argument(
+        "--eval-images", type=int, default=0, help="--faces images for pairs (0: all of them)"
+    )
+    ap.add_argument(
+        "--eval-pairs", type=int, default=6000, help="verification pairs (LFW's protocol: 6000)"
+    )
+    ap.add_argument(
+        "--noise-draws",
+        type=int,
+        default=2,
+        help="PyTorch accuracy with 1e-6 input noise, this many draws: the model's own spread",
+    )
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--table-from", type=Path, help="print the table of a --json file and exit")
@@ -222,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
 
         train_images, _ = labelled_faces(args.train_faces, None)
         cached = teacher_cache(args.teacher, train_images)
-        eval_images, eval_labels = labelled_faces(args.faces, args.eval_images)
-        pairs = make_pairs(eval_labels, 5 * len(eval_images), seed=0)
+        eval_images, eval_labels = labelled_faces(args.faces, args.eval_images or None)
+        pairs = make_pairs(eval_labels, args.eval_pairs, seed=0)
         print(
             f"distilling {args.distill_steps} steps on {len(train_images)} faces of "
             f"{args.train_faces}; verification: {len(pairs)} pairs of {len(eval_images)} faces",
@@ -246,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                 torch.save(student.state_dict(), args.out / converter / name / "student.pt")
         else:
             calibrate_batchnorm(student, probe)  # deterministic: --reuse rebuilds the same model
+        if trained:  # PyTorch's accuracy, and its spread under 1e-6 input noise, once per student
+            reference = pytorch_reference(student, eval_images, pairs, args.noise_draws)
         for converter in args.converter:
             out = args.out / converter / name
             report = out / "export_report.json"
@@ -283,18 +313,19 @@ def main(argv: list[str] | None = None) -> int:
             row["speedup"] = row["float_ms"] / row["lce_ms"]
             if trained:
                 from export.runtime import TFLiteRunner
-                from faces.evaluate import embed_images, torch_embed_fn
+                from faces.evaluate import embed_images
 
                 row["distill_steps"] = args.distill_steps
                 row["distill_batch"] = args.distill_batch
                 row["distill_seconds"] = seconds
-                pt_fn, lce_fn = torch_embed_fn(student), TFLiteRunner(lce, binary=True).embed
-                row["acc_pytorch"] = verification(pt_fn, eval_images, pairs)
-                row["acc_lce"] = verification(lce_fn, eval_images, pairs)
+                lce_emb = embed_images(TFLiteRunner(lce, binary=True).embed, eval_images)
+                row["eval_images"], row["eval_pairs"] = len(eval_images), len(pairs)
+                row["acc_pytorch"] = reference["acc"]
+                row["acc_lce"] = verification(lce_emb, pairs)
                 row["acc_delta_pt"] = 100 * (row["acc_lce"] - row["acc_pytorch"])
+                row["acc_noise_deltas_pt"] = reference["noise_deltas_pt"]
                 # parity over every evaluation face, not only the probe batch
-                both = embed_images(pt_fn, eval_images), embed_images(lce_fn, eval_images)
-                cosines = (both[0] * both[1]).sum(1)  # rows are L2-normalised
+                cosines = (reference["embeddings"] * lce_emb).sum(1)  # rows are L2-normalised
                 row["eval_cosine_min"] = float(cosines.min())
                 row["eval_share_cosine_099"] = float((cosines >= 0.99).mean())
             rows.append(row)
@@ -322,10 +353,13 @@ def print_table(rows: list[dict], markdown: bool) -> None:
     )
     trained = any("acc_pytorch" in r for r in rows)
     if trained:
-        head += " verify acc PyTorch / LCE (delta pt) | eval faces: cosine min, share >= 0.99 |"
+        head += (
+            " verify acc PyTorch / LCE (delta pt) | PyTorch at 1e-6 noise: acc delta pt |"
+            " eval faces: cosine min, share >= 0.99 |"
+        )
     print(head if markdown else head.replace("|", " "))
     if markdown:
-        print("|" + "---|" * (14 if trained else 12))
+        print("|" + "---|" * (15 if trained else 12))
     for r in rows:
         paper = TABLE2.get(PAPER_NAME.get(r["student"], r["student"]))
         bm, fm, mb, pp = paper if paper else (None, None, None, None)
@@ -352,6 +386,8 @@ def print_table(rows: list[dict], markdown: bool) -> None:
                 if "acc_pytorch" in r
                 else "-"
             )
+            noise = r.get("acc_noise_deltas_pt")
+            cells.append(", ".join(f"{d:+.2f}" for d in noise) if noise else "-")
             cells.append(
                 f"{r['eval_cosine_min']:.4f}, {100 * r['eval_share_cosine_099']:.1f}%"
                 if "eval_cosine_min" in r

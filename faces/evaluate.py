@@ -26,6 +26,22 @@ def torch_embed_fn(model: torch.nn.Module) -> EmbedFn:
     return fn
 
 
+def perturbed_embed_fn(embed_fn: EmbedFn, relative: float, seed: int) -> EmbedFn:
+    """``embed_fn`` on inputs scaled by ``1 + relative * N(0, 1)`` per element (fixed seed).
+
+    With ``relative`` near float32 rounding (1e-6), the accuracy of the perturbed model is
+    what the model's own numerics allow: a 1-bit network flips the sign of activations that
+    sit at zero, and another runtime's rounding moves it as far.
+    """
+    rng = np.random.default_rng(seed)
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        noise = rng.standard_normal(batch.shape, dtype=np.float32)
+        return embed_fn(np.ascontiguousarray(batch * (1 + relative * noise), dtype=np.float32))
+
+    return fn
+
+
 def embed_images(embed_fn: EmbedFn, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """L2-normalised embeddings of image + horizontal flip concatenated, one row per image."""
     rows = []

@@ -16,6 +16,17 @@ def _size(n: float | None) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
+def acc_delta_pt(records: dict[str, dict[str, Any]], eval_name: str) -> float | None:
+    """The exported LCE model's 10-fold accuracy minus PyTorch's on the same pairs, in points
+    (None until both the distill and evaluate stages have run)."""
+    key = f"verify.{eval_name}.acc"
+    pytorch = records.get("distill", {}).get("metrics", {}).get(key)
+    lce = records.get("evaluate", {}).get("metrics", {}).get(key)
+    if pytorch is None or lce is None:
+        return None
+    return 100 * (float(lce) - float(pytorch))
+
+
 def summary_table(records: dict[str, dict[str, Any]], eval_name: str) -> str:
     """Teacher vs student rows from the stage records (works when stages were cached)."""
     t = records.get("teacher", {}).get("metrics", {})
@@ -66,6 +77,7 @@ def summary_table(records: dict[str, dict[str, Any]], eval_name: str) -> str:
         ("speedup vs float", "", "", _fmt(e.get("bench.speedup_vs_float"), ".2f") + "x"),
         ("LceBconv2d coverage", "", "", _fmt(x.get("export.bconv_coverage"), ".2f")),
         ("cosine min PyTorch/LCE", "", "", _fmt(x.get("export.cosine_min"), ".5f")),
+        ("acc LCE - PyTorch (pt)", "", "", _fmt(acc_delta_pt(records, eval_name), "+.2f")),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = []
@@ -135,4 +147,7 @@ def run_summary(
         for key, value in records.get(stage, {}).get("metrics", {}).items():
             if key.startswith(("verify.", "bench.", "model.", "export.")):
                 metrics[key] = value
+    delta = acc_delta_pt(records, eval_name)
+    if delta is not None:
+        metrics["export.acc_delta_pt"] = delta
     return tags, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

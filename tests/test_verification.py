@@ -214,3 +214,25 @@ def test_save_roc_plot(tmp_path) -> None:
     save_roc_plot(curves, out)  # overwriting works
     with pytest.raises(ValueError):
         save_roc_plot({}, tmp_path / "empty.png")
+
+
+def test_perturbed_embed_fn_moves_inputs_by_the_relative_noise_only():
+    from faces.evaluate import perturbed_embed_fn
+
+    seen: list[np.ndarray] = []
+
+    def identity(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch)
+        return batch.reshape(len(batch), -1)
+
+    x = np.random.default_rng(0).uniform(0.5, 1.0, (4, 3, 8, 8)).astype(np.float32)
+    a = perturbed_embed_fn(identity, 1e-3, seed=7)(x)
+    b = perturbed_embed_fn(identity, 1e-3, seed=7)(x)
+    c = perturbed_embed_fn(identity, 1e-3, seed=8)(x)
+    np.testing.assert_array_equal(a, b)  # a fixed draw per seed
+    assert not np.array_equal(a, c)
+    relative = np.abs(a.reshape(x.shape) / x - 1)
+    assert 2e-4 < relative.mean() < 2e-3 and relative.max() < 1e-2
+    assert seen[0].dtype == np.float32 and seen[0].flags.c_contiguous
+    flat = perturbed_embed_fn(identity, 0.0, seed=0)(x)
+    np.testing.assert_array_equal(flat, x.reshape(4, -1))
