@@ -386,8 +386,9 @@ def print_table(rows: list[dict], markdown: bool) -> None:
             f"{r['speedup']:.2f}x",
         ]
         if trained:
+            pairs = f", {r['eval_pairs']} pairs" if "eval_pairs" in r else ""
             cells.append(
-                f"{r['acc_pytorch']:.4f} / {r['acc_lce']:.4f} ({r['acc_delta_pt']:+.2f})"
+                f"{r['acc_pytorch']:.4f} / {r['acc_lce']:.4f} ({r['acc_delta_pt']:+.2f}){pairs}"
                 if "acc_pytorch" in r
                 else "-"
             )
