@@ -55,14 +55,26 @@ def embed_images(embed_fn: EmbedFn, images: torch.Tensor, batch_size: int = 64) 
     return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
 
+def pair_embeddings(
+    embed_fn: EmbedFn, images: torch.Tensor, pairs: np.ndarray, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of the images that occur in ``pairs`` (only those are embedded), and the
+    pairs' (i, j) as rows of that array: ``scores_of`` turns both into pair scores."""
+    used = np.unique(pairs[:, :2])
+    emb = embed_images(embed_fn, images[torch.from_numpy(used)], batch_size)
+    return emb, np.searchsorted(used, pairs[:, :2])
+
+
+def scores_of(embeddings: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each pair of rows ``where`` (from ``pair_embeddings``)."""
+    return cosine_scores(embeddings[where[:, 0]], embeddings[where[:, 1]])
+
+
 def pair_scores(
     embed_fn: EmbedFn, images: torch.Tensor, pairs: np.ndarray, batch_size: int = 64
 ) -> np.ndarray:
     """Cosine similarity of each pair (i, j, same); only images that occur in pairs are embedded."""
-    used = np.unique(pairs[:, :2])
-    emb = embed_images(embed_fn, images[torch.from_numpy(used)], batch_size)
-    where = np.searchsorted(used, pairs[:, :2])
-    return cosine_scores(emb[where[:, 0]], emb[where[:, 1]])
+    return scores_of(*pair_embeddings(embed_fn, images, pairs, batch_size))
 
 
 def verify_metrics(scores: np.ndarray, labels: np.ndarray, dataset: str) -> dict[str, float]:

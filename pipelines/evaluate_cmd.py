@@ -15,6 +15,15 @@ DATA is an InsightFace ``.bin``, an LFW-layout folder with ``--pairs pairs.txt``
 ImageFolder (balanced pairs with a fixed seed, as the pipeline's evaluation makes them). Images
 are normalised as ``(x - 127.5) / 128`` and embedded with their horizontal flip, like
 everywhere in facekd.
+
+``--reference MODEL2`` also runs a second model on the same images and pairs (typically the
+PyTorch ``student.pt`` beside its exported ``student_lce.tflite``) and reports the accuracy
+delta (MODEL minus MODEL2, points) and the cosine between the two models' embeddings of every
+image. ``--noise-draws N`` measures the floor under such a delta: the accuracy change of the
+reference (or of MODEL without one) when its input is scaled by ``1 + 1e-6 * N(0, 1)``, one
+value per draw. A 1-bit network flips activations that sit at zero under float rounding of
+that size, so any runtime with another summation order moves its accuracy as far; on too few
+pairs that alone can exceed a tenth of a point.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from faces.data import FaceDataError
 from faces.evaluate import EmbedFn
 from teachers.checkpoint import CheckpointError
 
-__all__ = ["LoadedModel", "add_eval_parser", "evaluate", "load_embedder", "run_eval"]
+__all__ = ["LoadedModel", "add_eval_parser", "compare", "evaluate", "load_embedder", "run_eval"]
 
 TORCH_SUFFIXES = {".pt", ".pth", ".ckpt"}
 
@@ -248,13 +257,76 @@ def evaluate(
     model: LoadedModel, images: Any, pairs: np.ndarray, name: str, batch_size: int = 64
 ) -> dict[str, float]:
     """``verify.<name>.*`` metrics of a loaded model on a set's images and pairs."""
-    from faces.evaluate import pair_scores, verify_metrics
+    from faces.evaluate import pair_embeddings, scores_of
 
-    scores = pair_scores(model.embed, images, pairs, batch_size)
+    return _metrics(
+        scores_of(*pair_embeddings(model.embed, images, pairs, batch_size)), pairs, name
+    )
+
+
+def _metrics(scores: np.ndarray, pairs: np.ndarray, name: str) -> dict[str, float]:
+    from faces.evaluate import verify_metrics
+
     try:
         return verify_metrics(scores, pairs[:, 2], name)
     except ValueError as exc:
         raise FaceDataError(f"{name}: cannot run the verification protocol: {exc}") from exc
+
+
+NOISE_RELATIVE = 1e-6
+"""Relative input perturbation of ``--noise-draws``: float32 rounding's order of magnitude."""
+
+
+def compare(
+    model: LoadedModel,
+    reference: LoadedModel | None,
+    images: Any,
+    pairs: np.ndarray,
+    name: str,
+    noise_draws: int = 0,
+    batch_size: int = 64,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Metrics of ``model``; with a ``reference``, its accuracy and the delta (pt) and the
+    per-image embedding cosines between the two; with ``noise_draws``, the accuracy deltas
+    (pt) of the reference (else of ``model``) on inputs perturbed by 1e-6 relative noise.
+
+    Returns (metrics, details): metrics are ``verify.<name>.*`` floats for tracking; details
+    hold the lists (noise deltas per draw) and what was compared.
+    """
+    from faces.evaluate import pair_embeddings, perturbed_embed_fn, scores_of
+
+    emb, where = pair_embeddings(model.embed, images, pairs, batch_size)
+    metrics = _metrics(scores_of(emb, where), pairs, name)
+    key = f"verify.{name}"
+    details: dict[str, Any] = {}
+    base, base_acc = model, metrics[f"{key}.acc"]
+    if reference is not None:
+        ref_emb, _ = pair_embeddings(reference.embed, images, pairs, batch_size)
+        if ref_emb.shape != emb.shape:
+            raise CheckpointError(
+                f"the reference's embeddings are {ref_emb.shape[1] // 2}-d, the model's "
+                f"{emb.shape[1] // 2}-d: they cannot be compared"
+            )
+        ref_acc = _metrics(scores_of(ref_emb, where), pairs, name)[f"{key}.acc"]
+        cosines = (emb.astype(np.float64) * ref_emb).sum(1)  # rows are L2-normalised
+        metrics[f"{key}.acc_reference"] = ref_acc
+        metrics[f"{key}.acc_delta_pt"] = 100 * (metrics[f"{key}.acc"] - ref_acc)
+        metrics["parity.cosine_min"] = float(cosines.min())
+        metrics["parity.cosine_median"] = float(np.median(cosines))
+        metrics["parity.share_cosine_099"] = float((cosines >= 0.99).mean())
+        base, base_acc = reference, ref_acc
+    if noise_draws:
+        deltas = []
+        for k in range(noise_draws):
+            noisy = perturbed_embed_fn(base.embed, NOISE_RELATIVE, seed=k)
+            acc = _metrics(
+                scores_of(pair_embeddings(noisy, images, pairs, batch_size)[0], where), pairs, name
+            )[f"{key}.acc"]
+            deltas.append(100 * (acc - base_acc))
+        metrics[f"{key}.noise_delta_pt_max"] = float(np.max(np.abs(deltas)))
+        details["noise_of"] = "reference" if reference is not None else "model"
+        details["noise_deltas_pt"] = deltas
+    return metrics, details
 
 
 def _format_table(report: dict[str, Any]) -> str:
@@ -272,9 +344,20 @@ def _format_table(report: dict[str, Any]) -> str:
             value = f"{v:.4f} +- {m.get(f'{key}.acc_std', 0.0):.4f}"
         elif k.endswith(".n_pairs"):
             value = f"{v:.0f}"
+        elif k.endswith("_pt") or k.endswith("_pt_max"):
+            value = f"{v:+.2f}" if k.endswith("_pt") else f"{v:.2f}"
         else:
             value = f"{v:.4f}"
         lines.append(f"{k:<30} {value}")
+    if "reference" in report:
+        ref = report["reference"]
+        lines.insert(2, f"ref    {ref['model']}  [{ref['model_format']}: {ref['model_detail']}]")
+    if "noise_deltas_pt" in report:
+        draws = ", ".join(f"{d:+.2f}" for d in report["noise_deltas_pt"])
+        lines.append(
+            f"\n{report['noise_of']} at 1e-6 input noise: acc delta {draws} pt "
+            "(the floor under any runtime's delta)"
+        )
     lines.append(f"\n{report['seconds']:.1f} s")
     return "\n".join(lines)
 
@@ -300,12 +383,21 @@ def run_eval(args: argparse.Namespace) -> int:
     for what, value in (("verification data", args.data), ("pairs file", args.pairs)):
         if value is not None and not Path(value).exists():  # fail before loading the model
             raise FaceDataError(f"{what} {value} does not exist")
+    if args.noise_draws < 0:
+        raise FaceDataError(f"--noise-draws must be 0 or more, got {args.noise_draws}")
+    if args.reference is not None and not Path(args.reference).is_file():
+        raise CheckpointError(f"reference model {args.reference} does not exist")
     model = load_embedder(args.model, arch=args.arch, args=extra, threads=args.threads)
+    reference = (
+        load_embedder(args.reference, threads=args.threads) if args.reference is not None else None
+    )
     vset = load_verification_set(
         args.data, pairs_file=args.pairs, n_pairs=args.n_pairs, seed=args.seed
     )
     name = args.name or vset.name
-    metrics = evaluate(model, vset.images, vset.pairs, name, args.batch_size)
+    metrics, details = compare(
+        model, reference, vset.images, vset.pairs, name, args.noise_draws, args.batch_size
+    )
     report = {
         "model": str(args.model),
         "model_format": model.format,
@@ -316,8 +408,15 @@ def run_eval(args: argparse.Namespace) -> int:
         "n_pairs": int(len(vset.pairs)),
         "n_genuine": int(vset.pairs[:, 2].sum()),
         "metrics": metrics,
+        **details,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if reference is not None:
+        report["reference"] = {
+            "model": str(args.reference),
+            "model_format": reference.format,
+            "model_detail": reference.detail,
+        }
     if args.json:
         print(json.dumps(report))
     else:
@@ -357,6 +456,20 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--threads",
         type=int,
         help="ONNX Runtime / TFLite threads (default: ONNX Runtime's choice / 1)",
+    )
+    p.add_argument(
+        "--reference",
+        metavar="MODEL2",
+        help="a second model (artifact, .onnx, .tflite) on the same pairs: accuracy delta and "
+        "embedding cosines (e.g. student.pt beside student_lce.tflite)",
+    )
+    p.add_argument(
+        "--noise-draws",
+        type=int,
+        default=0,
+        metavar="N",
+        help="accuracy change of the reference (else the model) under 1e-6 relative input "
+        "noise, N draws: the floor under any runtime's accuracy delta (default 0)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.set_defaults(func=run_eval)

@@ -137,3 +137,66 @@ def test_json_report_fields(files: dict[str, Any], capsys: pytest.CaptureFixture
     report = _json_metrics(capsys, [str(files["onnx"]), "--data", str(files["bin"])])
     assert set(report) >= {"model", "data", "set", "n_images", "n_pairs", "metrics", "seconds"}
     assert np.isfinite(list(report["metrics"].values())).all()
+
+
+def _other_artifact(path: Path, seed: int, embedding_size: int = 32) -> Path:
+    from pipelines.artifacts import save_model
+    from teachers.registry import create_teacher
+
+    torch.manual_seed(seed)
+    model = create_teacher("vit_face_micro", embedding_size=embedding_size).eval()
+    args = {"embedding_size": embedding_size}
+    return save_model(path, "teacher", "vit_face_micro", args, model)
+
+
+def test_reference_gives_delta_cosines_and_noise_floor(
+    files: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ["--data", str(files["bin"])]
+    ref = ["--reference", str(files["artifact"]), "--noise-draws", "2"]
+    same = _json_metrics(capsys, [str(files["onnx"]), *data, *ref])
+    m = same["metrics"]
+    assert same["reference"]["model_format"] == "facekd artifact"
+    assert m["parity.cosine_min"] > 0.9999 and m["parity.share_cosine_099"] == 1.0
+    assert m["verify.tiny.acc_reference"] == pytest.approx(m["verify.tiny.acc"], abs=1e-4)
+    assert abs(m["verify.tiny.acc_delta_pt"]) < 1e-2
+    assert same["noise_of"] == "reference" and len(same["noise_deltas_pt"]) == 2
+    assert m["verify.tiny.noise_delta_pt_max"] == max(abs(d) for d in same["noise_deltas_pt"])
+
+    other = _other_artifact(tmp_path / "other.pt", seed=7)
+    alone = _json_metrics(capsys, [str(other), *data])["metrics"]["verify.tiny.acc"]
+    own = _json_metrics(capsys, [str(files["artifact"]), *data])["metrics"]["verify.tiny.acc"]
+    vs = _json_metrics(capsys, [str(files["artifact"]), *data, "--reference", str(other)])
+    assert vs["metrics"]["parity.cosine_min"] < 0.9  # another network: other embeddings
+    assert vs["metrics"]["verify.tiny.acc_delta_pt"] == pytest.approx(100 * (own - alone))
+    assert "noise_deltas_pt" not in vs  # no draws asked
+
+    argv = ["eval", str(files["onnx"]), *data, *ref]
+    assert _cli(argv) == 0
+    out = capsys.readouterr().out
+    assert f"ref    {files['artifact']}" in out and "reference at 1e-6 input noise" in out
+
+
+def test_perturbed_model_moves_with_noise_of_the_model_itself(
+    files: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _json_metrics(
+        capsys, [str(files["artifact"]), "--data", str(files["bin"]), "--noise-draws", "1"]
+    )
+    assert report["noise_of"] == "model" and len(report["noise_deltas_pt"]) == 1
+    assert "parity.cosine_min" not in report["metrics"]
+
+
+def test_bad_reference_gives_exit_code_2(
+    files: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ["--data", str(files["bin"])]
+    wide = _other_artifact(tmp_path / "wide.pt", seed=1, embedding_size=16)
+    cases = [
+        (["--reference", str(tmp_path / "none.pt")], f"reference model {tmp_path / 'none.pt'}"),
+        (["--reference", str(wide)], "16-d, the model's 32-d"),
+        (["--noise-draws", "-1"], "--noise-draws must be 0 or more"),
+    ]
+    for extra, message in cases:
+        assert _cli(["eval", str(files["artifact"]), *data, *extra]) == EXIT_BAD_INPUT, extra
+        assert message in capsys.readouterr().err
