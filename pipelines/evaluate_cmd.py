@@ -337,7 +337,7 @@ def _format_table(report: dict[str, Any]) -> str:
         f"data   {report['data']}  [{report['set']}: {report['n_images']} images, "
         f"{report['n_pairs']} pairs, {report['n_genuine']} genuine]",
         "",
-        f"{'metric':<30} value",
+        f"{'metric':<36} value",
     ]
     for k, v in m.items():
         if k == f"{key}.acc":
@@ -348,7 +348,7 @@ def _format_table(report: dict[str, Any]) -> str:
             value = f"{v:+.2f}" if k.endswith("_pt") else f"{v:.2f}"
         else:
             value = f"{v:.4f}"
-        lines.append(f"{k:<30} {value}")
+        lines.append(f"{k:<36} {value}")
     if "reference" in report:
         ref = report["reference"]
         lines.insert(2, f"ref    {ref['model']}  [{ref['model_format']}: {ref['model_detail']}]")
