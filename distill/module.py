@@ -19,19 +19,30 @@ from faces.transforms import augment, normalise
 
 @torch.no_grad()
 def teacher_embeddings(
-    teacher: nn.Module, images: torch.Tensor, batch_size: int = 128
+    teacher: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 128,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """The teacher's embeddings of every image and of its mirror image: (N, 2, D).
+    """The teacher's embeddings of every image and of its mirror image: (N, 2, D), on the CPU.
 
     Computed once per dataset so that training pays only for the student; the student then
-    sees shifted, colour-jittered versions of the same (possibly mirrored) image.
+    sees shifted, colour-jittered versions of the same (possibly mirrored) image. The teacher
+    runs on ``device`` (default: the GPU when there is one) and is returned to where it was.
     """
-    teacher.eval()
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    home = next(teacher.parameters()).device
+    teacher.eval().to(device)
     out = []
-    for start in range(0, len(images), batch_size):
-        x = normalise(images[start : start + batch_size])
-        x = x.contiguous(memory_format=torch.channels_last)
-        out.append(torch.stack([teacher(x), teacher(x.flip(-1))], dim=1).float())
+    try:
+        for start in range(0, len(images), batch_size):
+            x = normalise(images[start : start + batch_size]).to(device)
+            x = x.contiguous(memory_format=torch.channels_last)
+            pair = torch.stack([teacher(x), teacher(x.flip(-1))], dim=1)
+            out.append(pair.float().cpu())
+    finally:
+        teacher.to(home)
     return torch.cat(out)
 
 
@@ -169,17 +180,21 @@ class Distiller(pl.LightningModule):
         elif self.cached is not None and self.loss.uses_teacher:
             # the cache holds the teacher's view of each image and of its mirror
             mirror = torch.rand(len(images)) < 0.5
-            images = torch.where(mirror[:, None, None, None], images.flip(-1), images)
+            flip = mirror.to(images.device)[:, None, None, None]
+            images = torch.where(flip, images.flip(-1), images)
             x = normalise(augment(images, flip=False)).to(self.device)
         else:
             x = normalise(augment(images)).to(self.device)
         if self.loss.uses_teacher:
             if self.cached is not None:
-                target = self.cached[index.cpu(), mirror.long()].to(self.device)
+                target = self.cached[index.cpu(), mirror.cpu().long()].to(self.device)
             else:
                 with torch.no_grad():
                     target = self.teacher(x)
-        total, parts = self.loss(self.model(x), target, labels)
+        emb = self.model(x)
+        with torch.autocast(emb.device.type, enabled=False):  # losses in float32 under AMP
+            teacher_emb = None if target is None else target.float()
+            total, parts = self.loss(emb.float(), teacher_emb, labels)
         check_finite(total, self.global_step, batch_idx)
         self.log("train.loss", total, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         for name, value in parts.items():

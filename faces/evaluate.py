@@ -15,13 +15,15 @@ EmbedFn = Callable[[np.ndarray], np.ndarray]
 
 
 def torch_embed_fn(model: torch.nn.Module) -> EmbedFn:
-    """An EmbedFn running a PyTorch model in eval mode without gradients (channels-last)."""
+    """An EmbedFn running a PyTorch model in eval mode without gradients (channels-last), on
+    the device of its parameters (a model mid-training on a GPU), returning CPU arrays."""
     model.eval()
 
     def fn(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+        device = next(model.parameters()).device
+        x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            return model(x).float().numpy()
+            return model(x).float().cpu().numpy()
 
     return fn
 

@@ -46,7 +46,17 @@ class CombinedMarginHead(nn.Module):
     def logits(
         self, emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor | None
     ) -> torch.Tensor:
-        """Margin logits against the class centres ``weight`` (rows), labels index rows."""
+        """Margin logits against the class centres ``weight`` (rows), labels index rows.
+
+        Always float32, also under mixed precision: in float16 the clamp below 1 rounds to 1
+        (where acos has no gradient) and the margin would be scattered into a half tensor.
+        """
+        with torch.autocast(emb.device.type, enabled=False):
+            return self._logits(emb.float(), weight.float(), labels)
+
+    def _logits(
+        self, emb: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
         cos = F.linear(F.normalize(emb), F.normalize(weight)).clamp(-1 + 1e-7, 1 - 1e-7)
         if labels is None:
             return cos * self.s

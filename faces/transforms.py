@@ -28,20 +28,21 @@ def augment(
 
     Random horizontal flip (unless ``flip=False``), a random shift of up to 4 px (pad by edge
     replication and crop, the small random crop of face training) and a brightness/contrast
-    jitter of +-15%. Returns a uint8 batch of the same shape.
+    jitter of +-15%. Returns a uint8 batch of the same shape, on the batch's device.
     """
     n, _, h, w = images.shape
     x = images.float()
+    device = x.device  # the draws come from the (CPU) generator, then follow the batch
     if flip:
-        flipped = torch.rand(n, generator=generator) < 0.5
+        flipped = (torch.rand(n, generator=generator) < 0.5).to(device)
         x[flipped] = x[flipped].flip(-1)
     pad = 4
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
-    brightness = 1 + (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.3
-    contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.3
+    brightness = 1 + (torch.rand(n, 1, 1, 1, generator=generator).to(device) - 0.5) * 0.3
+    contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator).to(device) - 0.5) * 0.3
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast + mean * brightness
     return x.clamp(0, 255).to(torch.uint8)
