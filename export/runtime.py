@@ -14,7 +14,8 @@ class TFLiteRunner:
     """A flatbuffer in LCE's interpreter; batch 1 NHWC inside, NCHW batches outside.
 
     ``binary=True`` uses LCE's indirect BGEMM kernels (on x86 the default binary kernel is
-    slower than float); float models run through XNNPACK.
+    slower than float) and, unless ``xnnpack=True``, TFLite's builtin kernels for the float
+    ops: the reference arithmetic of embeddings and parity. Float models run through XNNPACK.
     """
 
     def __init__(
@@ -84,9 +85,15 @@ def measure_latency(
     warmup: int = 10,
     instances: int = 3,
     indirect_bgemm: bool = True,
-    xnnpack: bool | None = None,
+    xnnpack: bool = True,
 ) -> dict[str, float]:
     """Latency pooled over several fresh interpreters of the same flatbuffer.
+
+    ``xnnpack`` (default) lets XNNPACK run the float ops, also those of an LCE model (its stem,
+    depthwise and head layers; LCE's ops stay on its own kernels), as a device runs it with
+    ``lce_benchmark_model --use_xnnpack=true``; TFLite's builtin float kernels are up to 5x
+    slower on the float layers of a binary model (a float grouped conv, onnx-tf's decomposed
+    PReLU). ``xnnpack=False`` times those builtin kernels.
 
     On x86, one LCE interpreter instance can run 2x slower than another for the same model
     (seen here: 3.5 vs 6.5 ms, bimodal, stable within an instance), so a single instance is a

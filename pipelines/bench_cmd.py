@@ -58,6 +58,10 @@ def _worker_measure(
             result = runtime.litert_latency(data, xnnpack=kind == "litert_xnnpack", **timing)
         elif kind == "lce_indirect":
             result = runtime.measure_latency(data, binary=True, instances=instances, **timing)
+        elif kind == "lce_indirect_builtin":
+            result = runtime.measure_latency(
+                data, binary=True, xnnpack=False, instances=instances, **timing
+            )
         elif kind == "lce_default":
             result = runtime.measure_latency(
                 data, binary=True, indirect_bgemm=False, instances=instances, **timing
@@ -131,6 +135,21 @@ def int8_model(export_dir: Path, calibration: np.ndarray) -> Path:
     return save_flatbuffer(data, export_dir / "student_int8.tflite")
 
 
+def _lce_rows(prefix: str, path: Path) -> list[Row]:
+    """An LCE flatbuffer's runtimes: indirect BGEMM with the float ops on XNNPACK (the figure
+    of record), the same on TFLite's builtin float kernels, and LCE's default binary kernel."""
+    return [
+        Row("lce_indirect", f"{prefix}, indirect BGEMM, float ops XNNPACK", "lce_indirect", path),
+        Row(
+            "lce_indirect_builtin",
+            f"{prefix}, indirect BGEMM, float ops builtin kernels",
+            "lce_indirect_builtin",
+            path,
+        ),
+        Row("lce_default", f"{prefix}, default kernel, float ops XNNPACK", "lce_default", path),
+    ]
+
+
 def _rows(model: Path, calibration_dir: str | None, int8: bool) -> tuple[list[Row], dict[str, Any]]:
     """The runtimes to measure for MODEL, and notes (int8 calibration source, skips)."""
     from export.tflite import op_histogram
@@ -140,10 +159,7 @@ def _rows(model: Path, calibration_dir: str | None, int8: bool) -> tuple[list[Ro
         if model.suffix != ".tflite":
             raise ValueError(f"{model}: expected an export folder or a .tflite file")
         if "LceBconv2d" in op_histogram(model.read_bytes()):
-            return [
-                Row("lce_indirect", "LCE, indirect BGEMM", "lce_indirect", model),
-                Row("lce_default", "LCE, default kernel", "lce_default", model),
-            ], notes
+            return _lce_rows("LCE", model), notes
         return [
             Row("tflite_xnnpack", "TFLite, XNNPACK", "tflite_xnnpack", model),
             Row("tflite_no_xnnpack", "TFLite, no XNNPACK", "litert_no_xnnpack", model),
@@ -154,8 +170,7 @@ def _rows(model: Path, calibration_dir: str | None, int8: bool) -> tuple[list[Ro
         raise FileNotFoundError(f"{d}: not an export folder (no {', '.join(missing)})")
     lce, flt = d / "student_lce.tflite", d / "student_float.tflite"
     rows = [
-        Row("lce_indirect", "LCE, indirect BGEMM", "lce_indirect", lce),
-        Row("lce_default", "LCE, default kernel", "lce_default", lce),
+        *_lce_rows("LCE", lce),
         Row("tflite_xnnpack", "float twin, TFLite XNNPACK", "tflite_xnnpack", flt),
         Row(
             "tflite_no_xnnpack",

@@ -30,6 +30,7 @@ def test_bench_json_on_an_export_folder(tmp_path, capsys) -> None:
     rows = {r["key"]: r for r in result["rows"]}
     assert set(rows) == {
         "lce_indirect",
+        "lce_indirect_builtin",
         "lce_default",
         "tflite_xnnpack",
         "tflite_no_xnnpack",

@@ -81,6 +81,30 @@ def test_latency_is_measured(exported) -> None:
     )
 
 
+def test_xnnpack_runs_the_float_ops_of_an_lce_model(exported, monkeypatch) -> None:
+    """XNNPACK may take the float ops of an LCE model (stem, head): same embeddings up to float
+    rounding, and it is what latency is measured with unless told otherwise."""
+    from export import runtime
+
+    student, _, probe, result = exported
+    fb = Path(result.lce_tflite).read_bytes()
+    with torch.no_grad():
+        ref = student(probe).numpy()
+    xnn = TFLiteRunner(fb, binary=True, xnnpack=True).embed(probe.numpy())
+    np.testing.assert_allclose(xnn, ref, rtol=1e-3, atol=1e-3)
+    seen = []
+
+    class Spy(TFLiteRunner):
+        def __init__(self, *args, **kwargs) -> None:
+            seen.append(kwargs["xnnpack"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "TFLiteRunner", Spy)
+    runtime.measure_latency(fb, binary=True, runs=2, warmup=1, instances=1)
+    runtime.measure_latency(fb, binary=True, runs=2, warmup=1, instances=1, xnnpack=False)
+    assert seen == [True, False]
+
+
 def test_layers_left_float_are_named_and_fail_the_export(tmp_path, monkeypatch) -> None:
     """If LCE fused nothing, the export names every binarized layer and refuses."""
     import export.student_export as chain
