@@ -3,7 +3,8 @@
 Usage: python benchmarks/student_latency.py runs/<pipeline>/export [--runs 100] [--threads 1]
 
 The same measurement as ``facekd bench`` (``pipelines.bench_cmd.bench``): each runtime in a
-fresh process, LCE with indirect BGEMM and with its default x86 kernel, the float twin in
+fresh process, LCE with indirect BGEMM (its float ops on XNNPACK, and on TFLite's builtin
+kernels) and with its default x86 kernel, the float twin in
 TFLite with and without XNNPACK, its int8 twin and ONNX Runtime. x86 has only LCE's generic
 kernels: the figures are proxies; measure ARM boards with LCE's ``lce_benchmark_model``.
 """
