@@ -6,6 +6,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -109,6 +110,30 @@ def measure_latency(
         pooled.extend(t)
         medians.append(statistics.median(t))
     return _summary(pooled, medians)
+
+
+def measure_latencies(
+    models: dict[str, tuple[bytes, dict[str, Any]]],
+    *,
+    threads: int = 1,
+    runs: int = 50,
+    warmup: int = 10,
+    instances: int = 3,
+) -> dict[str, dict[str, float]]:
+    """:func:`measure_latency` of several flatbuffers, taking turns: fresh interpreter ``i``
+    of every model runs right after the others' ``i``-th, so that a slow spell of the machine
+    (this VM has some lasting tens of seconds, for every runtime alike) weighs on all models
+    and not on one. ``models``: name -> (flatbuffer, TFLiteRunner options such as
+    ``{"binary": True}``; ``xnnpack`` defaults to True as in :func:`measure_latency`)."""
+    pooled: dict[str, list[float]] = {name: [] for name in models}
+    medians: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(instances):
+        for name, (flatbuffer, options) in models.items():
+            runner = TFLiteRunner(flatbuffer, threads, **{"xnnpack": True, **options})
+            t = runner.times(runs, warmup)
+            pooled[name].extend(t)
+            medians[name].append(statistics.median(t))
+    return {name: _summary(pooled[name], medians[name]) for name in models}
 
 
 def onnxruntime_latency(

@@ -373,7 +373,7 @@ class EvaluateStage(Stage):
 
     def run(self, ctx: StageContext) -> StageResult:
         from export.onnx_export import export_float_onnx, save_onnx
-        from export.runtime import TFLiteRunner, measure_latency, onnxruntime_latency
+        from export.runtime import TFLiteRunner, measure_latencies, onnxruntime_latency
 
         cfg = ctx.config.evaluate
         lce_fb = ctx.inputs["lce_tflite"].read_bytes()
@@ -385,8 +385,10 @@ class EvaluateStage(Stage):
             "warmup": cfg.warmup,
             "instances": cfg.instances,
         }
-        lce_speed = measure_latency(lce_fb, binary=True, **timing)
-        float_speed = measure_latency(float_fb, binary=False, **timing)
+        speeds = measure_latencies(  # in turns: the speedup compares like with like
+            {"lce": (lce_fb, {"binary": True}), "float": (float_fb, {"binary": False})}, **timing
+        )
+        lce_speed, float_speed = speeds["lce"], speeds["float"]
 
         teacher, _ = load_model(ctx.inputs["teacher"])
         teacher_onnx = save_onnx(export_float_onnx(teacher), ctx.stage_dir / "teacher.onnx")

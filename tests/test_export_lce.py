@@ -105,6 +105,28 @@ def test_xnnpack_runs_the_float_ops_of_an_lce_model(exported, monkeypatch) -> No
     assert seen == [True, False]
 
 
+def test_latencies_of_several_models_are_measured_in_turns(exported, monkeypatch) -> None:
+    from export import runtime
+
+    _, _, _, result = exported
+    lce = Path(result.lce_tflite).read_bytes()
+    flt = Path(result.float_tflite).read_bytes()
+    order = []
+
+    class Spy(TFLiteRunner):
+        def __init__(self, flatbuffer, *args, **kwargs) -> None:
+            order.append(("lce" if flatbuffer is lce else "float", kwargs["xnnpack"]))
+            super().__init__(flatbuffer, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "TFLiteRunner", Spy)
+    models = {"lce": (lce, {"binary": True}), "float": (flt, {"binary": False})}
+    speeds = runtime.measure_latencies(models, runs=4, warmup=1, instances=2)
+    assert order == [("lce", True), ("float", True)] * 2
+    for s in speeds.values():
+        assert s["runs"] == 8 and s["latency_ms_p50"] > 0
+        assert s["latency_ms_p50_min_instance"] <= s["latency_ms_p50_max_instance"]
+
+
 def test_layers_left_float_are_named_and_fail_the_export(tmp_path, monkeypatch) -> None:
     """If LCE fused nothing, the export names every binarized layer and refuses."""
     import export.student_export as chain
