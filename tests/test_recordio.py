@@ -233,3 +233,24 @@ def test_pack_cli_from_image_folder(tmp_path: Path) -> None:
     ds = RecordIOFaces(tmp_path / "out")
     assert ds.labels.tolist() == [0, 0, 1]
     assert [int(ds[i][0][0, 50, 50]) for i in range(3)] == pytest.approx([20, 40, 60], abs=3)
+
+
+def test_header_without_identity_records_reads_image_labels(tmp_path: Path, recset: Path) -> None:
+    """Written by tools that set only the header: labels come from the image records."""
+    root = _copy(recset, tmp_path / "headeronly")
+    lines = (root / "train.idx").read_text().splitlines()
+    images_and_header = [line for line in lines if int(line.split("\t")[0]) < 10]
+    (root / "train.idx").write_text("\n".join(images_and_header) + "\n")
+    with pytest.warns(UserWarning, match=r"lacks all 3 identity records .*image records"):
+        ds = RecordIOFaces(root)
+    assert ds.header0 == (10, 13) and ds.labels.tolist() == LABELS
+    assert len(ds) == len(LABELS) and ds.identity_ranges == []
+    # some identity records present and others absent: still broken
+    (root / "train.idx").write_text("\n".join([*images_and_header, lines[-1]]) + "\n")
+    with pytest.raises(FaceDataError, match=r"lacks 2 identity record\(s\) that header record 0"):
+        RecordIOFaces(root)
+    # the announced image records must all be there
+    without_image = [line for line in images_and_header if not line.startswith("4\t")]
+    (root / "train.idx").write_text("\n".join(without_image) + "\n")
+    with pytest.raises(FaceDataError, match=r"lacks 1 image record\(s\)"):
+        RecordIOFaces(root)
