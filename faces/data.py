@@ -17,6 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from faces.cache import cache_path
 from faces.transforms import IMAGE_SIZE
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}
@@ -92,19 +93,20 @@ def merge_indices(indices: Sequence[FaceIndex]) -> FaceIndex:
 
 
 # -- ImageFolder listing with a manifest cache ------------------------------------------------
+# Data folders are read-only to facekd: manifests live in the cache folder (faces.cache) unless
+# the user asks for them beside the data (``manifest="beside"``: ``root/.facekd/``).
 MANIFEST_DIR = ".facekd"  # hidden: ignored as a person; its writes leave root's mtime alone
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
+MANIFEST_PLACES = ("cache", "beside")
 # A folder modified this close to (or after) the moment it was listed may still change within
 # the same mtime tick (coarse timestamps): its stamp is not trusted and it is listed again.
 RACY_NS = 2_000_000_000
 
 
 def _user_manifest_path(root: Path) -> Path:
-    """``$XDG_CACHE_HOME/facekd/manifests/<sha of abs path>.json`` (read-only roots)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()
-    return cache / "facekd" / "manifests" / f"{digest}.json"
+    """``<cache folder>/manifests/<sha256 of the resolved path>.json``."""
+    return cache_path("manifests", root)
 
 
 def _writable_dir(path: Path) -> bool:
@@ -115,11 +117,20 @@ def _writable_dir(path: Path) -> bool:
         return False
 
 
-def manifest_path(root: str | os.PathLike) -> Path:
-    """Where the manifest of ``root`` lives: ``root/.facekd/manifest.json``, or the user cache."""
+def _check_place(manifest: str) -> None:
+    if manifest not in MANIFEST_PLACES:
+        raise ValueError(f"manifest must be one of {MANIFEST_PLACES}, got {manifest!r}")
+
+
+def manifest_path(root: str | os.PathLike, manifest: str = "cache") -> Path:
+    """Where the manifest of ``root`` lives: in the cache folder (default), or with
+    ``manifest="beside"`` in ``root/.facekd/manifest.json`` (the cache when root is read-only)."""
+    _check_place(manifest)
     root = Path(root)
     folder = root / MANIFEST_DIR
-    if _writable_dir(folder) or (_writable_dir(root) and not folder.exists()):
+    if manifest == "beside" and (
+        _writable_dir(folder) or (_writable_dir(root) and not folder.exists())
+    ):
         return folder / MANIFEST_NAME
     return _user_manifest_path(root)
 
@@ -171,22 +182,26 @@ def _trusted(mtime_ns: Any, listed_at_ns: Any) -> bool:
     )
 
 
-def list_image_folder(root: str | os.PathLike, cache: bool = True) -> dict[str, list[str]]:
+def list_image_folder(
+    root: str | os.PathLike, cache: bool = True, manifest: str = "cache"
+) -> dict[str, list[str]]:
     """``{person: sorted image file names}`` of ``root/<person>/<image>``, all people.
 
-    With ``cache`` the listing is kept in a manifest (:func:`manifest_path`) stamped with the
+    With ``cache`` the listing is kept in a manifest (:func:`manifest_path`: in the cache
+    folder, or beside the data with ``manifest="beside"``) stamped with the
     mtime_ns of the root and of every person folder. A folder's mtime changes when a file in it
     is added, removed or renamed, so a later call only stats the folders and lists again
     just those whose stamp changed (or that were modified within ``RACY_NS`` of being listed).
     Edits of a file's content in place are not seen by the listing (nor meant to be).
     """
+    _check_place(manifest)
     root = Path(root)
     if not cache:
         return {p: _list_person(root / p) for p in _list_people(root)}
-    if _writable_dir(root) and not (root / MANIFEST_DIR).exists():
+    if manifest == "beside" and _writable_dir(root) and not (root / MANIFEST_DIR).exists():
         with contextlib.suppress(OSError):  # before the root stamp: creating it changes it
             (root / MANIFEST_DIR).mkdir()
-    path = manifest_path(root)
+    path = manifest_path(root, manifest)
     old = _read_manifest(path) or {"people": {}}
     old_people: dict[str, Any] = old["people"]
     listed_at = time.time_ns()
@@ -231,27 +246,29 @@ def list_image_folder(root: str | os.PathLike, cache: bool = True) -> dict[str, 
     return {name: list(entry["files"]) for name, entry in people.items()}
 
 
-def listing_fingerprint(root: str | os.PathLike, cache: bool = True) -> str:
+def listing_fingerprint(
+    root: str | os.PathLike, cache: bool = True, manifest: str = "cache"
+) -> str:
     """A fingerprint of what ``scan_image_folder`` sees: people and file names (manifest).
 
     Cheap on big folders (no file is stat()ed when the manifest is valid), but blind to
     edits of a file's content in place; :func:`folder_fingerprint` sees those.
     """
     h = hashlib.sha256()
-    for person, files in sorted(list_image_folder(root, cache).items()):
+    for person, files in sorted(list_image_folder(root, cache, manifest).items()):
         for name in files:
             h.update(f"{person}/{name}\n".encode())
     return h.hexdigest()
 
 
 def scan_image_folder(
-    root: str | os.PathLike, min_images: int = 1, cache: bool = True
+    root: str | os.PathLike, min_images: int = 1, cache: bool = True, manifest: str = "cache"
 ) -> FaceIndex:
     """List ``root/<person>/<image>`` files; identities with fewer than ``min_images`` are dropped.
 
     With ``cache`` the listing comes from a manifest when it is still valid (see
-    :func:`list_image_folder`). Raises FaceDataError naming the folder when it is missing, not
-    a folder or holds no images.
+    :func:`list_image_folder`; ``manifest``: where it is kept, ``cache`` or ``beside``).
+    Raises FaceDataError naming the folder when it is missing, not a folder or holds no images.
     """
     root = Path(root)
     if not root.exists():
@@ -263,7 +280,7 @@ def scan_image_folder(
     paths: list[Path] = []
     labels: list[int] = []
     identities: list[str] = []
-    for person, files in sorted(list_image_folder(root, cache).items()):
+    for person, files in sorted(list_image_folder(root, cache, manifest).items()):
         if len(files) < min_images:
             continue
         identities.append(person)

@@ -53,6 +53,8 @@ class DataConfig(Section):
     min_images_per_identity: int = Field(2, ge=1)
     preload_max_images: int = Field(200_000, ge=1)
     bad_images: Literal["fail", "skip"] = "fail"
+    # folder listings (manifests) live in facekd's cache folder; ``beside``: in root/.facekd/
+    manifest: Literal["cache", "beside"] = "cache"
     synthetic: SyntheticData = SyntheticData()
 
 

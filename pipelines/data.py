@@ -139,7 +139,7 @@ class DataContext:
             path = str(Path(value).resolve())
             if is_recordio(value):
                 return {"path": path, "recordio": recordio_fingerprint(value)}
-            return {"path": path, "listing": listing_fingerprint(value)}
+            return {"path": path, "listing": listing_fingerprint(value, manifest=self.cfg.manifest)}
 
         def evaluation(value: str) -> Any:
             if value == "synthetic":
@@ -176,11 +176,14 @@ class DataContext:
             return _with_min_images(
                 recordio_index(self.cfg.train), self.cfg.min_images_per_identity
             )
-        main = scan_image_folder(self._root(self.cfg.train), self.cfg.min_images_per_identity)
+        main = scan_image_folder(
+            self._root(self.cfg.train), self.cfg.min_images_per_identity, manifest=self.cfg.manifest
+        )
         if not self.cfg.extra_train:
             return main
         extras = [
-            scan_image_folder(f, self.cfg.min_images_per_identity) for f in self.cfg.extra_train
+            scan_image_folder(f, self.cfg.min_images_per_identity, manifest=self.cfg.manifest)
+            for f in self.cfg.extra_train
         ]
         return merge_indices([main, *extras])
 
@@ -191,7 +194,9 @@ class DataContext:
             eval_index = None
             if not self.eval_is_bin:
                 min_images = 1 if self.cfg.eval_pairs_file else 2
-                eval_index = scan_image_folder(self._root(str(self.cfg.eval)), min_images)
+                eval_index = scan_image_folder(
+                    self._root(str(self.cfg.eval)), min_images, manifest=self.cfg.manifest
+                )
             if eval_index is None or self.train_is_recordio:  # no names to compare
                 return train_all, eval_index
             overlap = set(train_all.identities) & set(eval_index.identities)

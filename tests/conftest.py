@@ -1,8 +1,10 @@
-"""Shared fixtures: paths to ../shared research data (skipped where absent)."""
+"""Shared fixtures: a private facekd cache folder; paths to ../shared research data (skipped
+where absent)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def facekd_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test (and every subprocess it starts) uses a fresh cache folder, never ~/.cache."""
+    folder = tmp_path_factory.mktemp("facekd-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACEKD_CACHE", str(folder))
+        yield folder
 
 
 def shared_path(*parts: str) -> Path:

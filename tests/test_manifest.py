@@ -1,4 +1,5 @@
-"""The ImageFolder manifest cache of faces.data: reuse, invalidation, read-only roots."""
+"""The ImageFolder manifest cache of faces.data: reuse, invalidation, where it is kept (the
+cache folder by default: data folders are left untouched; beside the data when asked)."""
 
 from __future__ import annotations
 
@@ -59,24 +60,45 @@ def listed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     yield calls
 
 
-def _settled(root: Path) -> None:
-    """First scan (creates the manifest folder), then a backdated one: stamps are trusted."""
-    scan_image_folder(root)
+def _settled(root: Path, manifest: str = "cache") -> None:
+    """First scan (creates the manifest), then a backdated one: stamps are trusted."""
+    scan_image_folder(root, manifest=manifest)
     _backdate(root)
-    scan_image_folder(root)
+    scan_image_folder(root, manifest=manifest)
 
 
-def test_manifest_reused_without_listing(faces: Path, listed: list[str]) -> None:
+def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
+    """Every entry under root (folders too) with its mode, mtime and content."""
+    out = {}
+    for p in sorted([root, *root.rglob("*")]):
+        st = p.stat()
+        out[str(p.relative_to(root))] = (
+            st.st_mode,
+            st.st_mtime_ns,
+            p.read_bytes() if p.is_file() else b"",
+        )
+    return out
+
+
+@pytest.mark.parametrize("place", ["cache", "beside"])
+def test_manifest_reused_without_listing(
+    faces: Path, listed: list[str], place: str, facekd_cache: Path
+) -> None:
     fresh = scan_image_folder(faces, cache=False)
-    _settled(faces)
-    assert manifest_path(faces) == faces / ".facekd" / "manifest.json"
-    assert manifest_path(faces).is_file()
+    _settled(faces, place)
+    expected = (
+        faces / ".facekd" / "manifest.json"
+        if place == "beside"
+        else facekd_cache / "manifests" / fd.cache_path("manifests", faces).name
+    )
+    assert manifest_path(faces, place) == expected
+    assert expected.is_file()
     listed.clear()
-    index = scan_image_folder(faces)
+    index = scan_image_folder(faces, manifest=place)
     assert listed == []  # neither the root nor any person folder was listed
     assert index.paths == fresh.paths and index.identities == fresh.identities
     np.testing.assert_array_equal(index.labels, fresh.labels)
-    data = json.loads(manifest_path(faces).read_text())
+    data = json.loads(expected.read_text())
     assert data["people"]["p1"]["files"] == ["0.jpg", "1.jpg", "2.jpg"]
     assert data["root_mtime_ns"] == faces.stat().st_mtime_ns
     assert ".facekd" not in index.identities
@@ -125,21 +147,58 @@ def test_corrupt_manifest_is_ignored(faces: Path) -> None:
     assert json.loads(manifest_path(faces).read_text())["version"] == fd.MANIFEST_VERSION
 
 
-def test_read_only_root_uses_user_cache(
+def test_default_leaves_the_data_folder_untouched(faces: Path) -> None:
+    _backdate(faces)
+    before = _snapshot(faces)
+    scan_image_folder(faces)
+    scan_image_folder(faces)
+    listing_fingerprint(faces)
+    assert _snapshot(faces) == before and not (faces / ".facekd").exists()
+
+
+def test_old_manifest_folder_beside_the_data_is_ignored(faces: Path) -> None:
+    """A ``.facekd`` folder left by an older facekd is not a person and is not written."""
+    _settled(faces, "beside")
+    _backdate(faces)
+    before = _snapshot(faces)
+    index = scan_image_folder(faces)
+    assert ".facekd" not in index.identities and len(index) == 9
+    assert _snapshot(faces) == before
+
+
+def test_cache_folder_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from faces.cache import cache_dir
+
+    monkeypatch.setenv("FACEKD_CACHE", str(tmp_path / "own"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "own"
+    monkeypatch.delenv("FACEKD_CACHE")
+    assert cache_dir() == tmp_path / "xdg" / "facekd"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "facekd"
+
+
+def test_unknown_manifest_place_is_refused(faces: Path) -> None:
+    with pytest.raises(ValueError, match="manifest must be one of"):
+        scan_image_folder(faces, manifest="inside")
+
+
+def test_read_only_root_beside_falls_back_to_the_cache(
     faces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listed: list[str]
 ) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("FACEKD_CACHE", str(tmp_path / "cache"))
     _backdate(faces)
     dirs = [faces, *faces.iterdir()]
     for d in dirs:
         d.chmod(0o555)
     try:
-        path = manifest_path(faces)
-        assert path.parent == tmp_path / "cache" / "facekd" / "manifests"
-        first = scan_image_folder(faces)
+        path = manifest_path(faces, "beside")
+        assert path.parent == tmp_path / "cache" / "manifests"
+        first = scan_image_folder(faces, manifest="beside")
         assert path.is_file() and not (faces / ".facekd").exists()
         listed.clear()
-        again = scan_image_folder(faces)
+        again = scan_image_folder(faces, manifest="beside")
         assert listed == [] and again.paths == first.paths
     finally:
         for d in dirs:
@@ -148,7 +207,7 @@ def test_read_only_root_uses_user_cache(
 
 def test_folder_fingerprint_ignores_the_manifest(faces: Path) -> None:
     fp = folder_fingerprint(faces)
-    scan_image_folder(faces)
+    scan_image_folder(faces, manifest="beside")
     assert (faces / ".facekd").is_dir()
     assert folder_fingerprint(faces) == fp
     assert list_image_folder(faces) == list_image_folder(faces, cache=False)
