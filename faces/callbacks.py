@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from faces.evaluate import evaluate_pairs, torch_embed_fn
+from faces.evaluate import FarThreshold, evaluate_sets, torch_embed_fn
+from faces.verification_sets import VerificationSet
 
 MetricSink = Callable[[dict[str, float], int], None]
 """Receives (metrics, step); the pipeline layer sends them to its tracker."""
 
 
 class VerificationCallback(pl.Callback):
-    """Evaluates the model on verification pairs at the end of every ``every`` epochs."""
+    """Evaluates the model on verification sets at the end of every ``every`` epochs.
+
+    Every set is scored (``verify.<set>.*``) plus ``verify.mean.acc``; images that the sets
+    share are embedded once (:func:`faces.evaluate.evaluate_sets`)."""
 
     def __init__(
         self,
-        images: torch.Tensor,
-        pairs: np.ndarray,
-        dataset: str,
+        sets: Sequence[VerificationSet],
         every: int = 1,
         model_attr: str = "model",
+        threshold: FarThreshold | None = None,
     ) -> None:
-        self.images, self.pairs, self.dataset = images, pairs, dataset
+        if not sets:
+            raise ValueError("VerificationCallback needs at least one verification set")
+        self.sets, self.threshold = list(sets), threshold
         self.every, self.model_attr = every, model_attr
         self.last: dict[str, float] = {}
         self.last_epoch = -1
@@ -41,7 +45,7 @@ class VerificationCallback(pl.Callback):
         """Verification metrics of the module's model now; remembered as the last result."""
         model = getattr(module, self.model_attr)
         was_training = model.training
-        self.last = evaluate_pairs(torch_embed_fn(model), self.images, self.pairs, self.dataset)
+        self.last = evaluate_sets(torch_embed_fn(model), self.sets, self.threshold)
         self.last_epoch = epoch
         model.train(was_training)
         return self.last

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from faces.transforms import normalise
-from faces.verification import cosine_scores, verification_metrics
+from faces.verification import (
+    accuracy_at_threshold,
+    cosine_scores,
+    threshold_at_far,
+    verification_metrics,
+)
+from faces.verification_sets import VerificationSet
 
 EmbedFn = Callable[[np.ndarray], np.ndarray]
 """Maps a normalised float32 batch (N, 3, 112, 112) to embeddings (N, D)."""
@@ -90,3 +97,71 @@ def evaluate_pairs(
 ) -> dict[str, float]:
     """Verification metrics of a model on pairs, keyed ``verify.<dataset>.<metric>``."""
     return verify_metrics(pair_scores(embed_fn, images, pairs, batch_size), pairs[:, 2], dataset)
+
+
+# -- several sets ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FarThreshold:
+    """Accuracy at one fixed threshold, chosen on set ``source`` for a FAR of ``far`` (as a
+    deployment sets it once): ``verify.<set>.acc_at_far`` on every set."""
+
+    source: str
+    far: float = 1e-3
+
+
+def set_scores(
+    embed_fn: EmbedFn, sets: Sequence[VerificationSet], batch_size: int = 64
+) -> dict[str, np.ndarray]:
+    """Cosine scores of every set's pairs; sets that share an ``images`` tensor (loaded
+    together) have each image that any of their pairs uses embedded once."""
+    out: dict[str, np.ndarray] = {}
+    groups: dict[int, list[VerificationSet]] = {}
+    for s in sets:
+        groups.setdefault(id(s.images), []).append(s)
+    for group in groups.values():
+        every = np.concatenate([s.pairs for s in group])
+        emb, where = pair_embeddings(embed_fn, group[0].images, every, batch_size)
+        start = 0
+        for s in group:
+            out[s.name] = scores_of(emb, where[start : start + len(s.pairs)])
+            start += len(s.pairs)
+    return out
+
+
+def sets_metrics(
+    scores: dict[str, np.ndarray],
+    sets: Sequence[VerificationSet],
+    threshold: FarThreshold | None = None,
+) -> dict[str, float]:
+    """``verify.<set>.*`` of every set (its own folds, if any), ``verify.mean.acc`` and, with
+    a ``threshold``, ``verify.<set>.acc_at_far`` / ``tar_at_far`` / ``far_at_far`` at the
+    threshold chosen on the source set (``verify.threshold_at_far``)."""
+    out: dict[str, float] = {}
+    for s in sets:
+        metrics = verification_metrics(scores[s.name], s.pairs[:, 2], folds=s.folds)
+        out.update({f"verify.{s.name}.{k}": float(v) for k, v in metrics.items()})
+    out["verify.mean.acc"] = float(np.mean([out[f"verify.{s.name}.acc"] for s in sets]))
+    if threshold is not None:
+        by_name = {s.name: s for s in sets}
+        if threshold.source not in by_name:
+            raise ValueError(
+                f"threshold set {threshold.source!r} is not one of the evaluation sets "
+                f"({', '.join(by_name)})"
+            )
+        source = by_name[threshold.source]
+        t = threshold_at_far(scores[source.name], source.pairs[:, 2], threshold.far)
+        out["verify.threshold_at_far"] = t
+        for s in sets:
+            fixed = accuracy_at_threshold(scores[s.name], s.pairs[:, 2], t)
+            out.update({f"verify.{s.name}.{k}_at_far": v for k, v in fixed.items()})
+    return out
+
+
+def evaluate_sets(
+    embed_fn: EmbedFn,
+    sets: Sequence[VerificationSet],
+    threshold: FarThreshold | None = None,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Metrics of a model on several sets (:func:`sets_metrics`), each image embedded once."""
+    return sets_metrics(set_scores(embed_fn, sets, batch_size), sets, threshold)

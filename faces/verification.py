@@ -24,6 +24,8 @@ __all__ = [
     "roc_curve",
     "roc_auc",
     "tar_at_far",
+    "threshold_at_far",
+    "accuracy_at_threshold",
     "save_roc_plot",
     "cosine_scores",
 ]
@@ -138,26 +140,72 @@ def tar_at_far(scores: np.ndarray, labels: np.ndarray, far_target: float) -> flo
     return float(tar[ok].max())
 
 
+def threshold_at_far(scores: np.ndarray, labels: np.ndarray, far_target: float) -> float:
+    """The loosest threshold whose FAR on these pairs is ``<= far_target`` (as deployment sets
+    it once on one set and keeps it): accept pairs with ``score >= threshold``."""
+    if not 0.0 <= far_target <= 1.0:
+        raise ValueError(f"far_target must be in [0, 1], got {far_target}")
+    far, _, thresholds = roc_curve(scores, labels)
+    ok = np.flatnonzero(far <= far_target + 1e-12)
+    return float(thresholds[ok[-1]])
+
+
+def accuracy_at_threshold(
+    scores: np.ndarray, labels: np.ndarray, threshold: float
+) -> dict[str, float]:
+    """``acc``, ``tar`` and ``far`` of the fixed decision ``score >= threshold`` on all pairs."""
+    s, y = _validate(scores, labels)
+    accept = s >= threshold
+    return {
+        "acc": float(np.mean(accept == y)),
+        "tar": float(accept[y].mean()),
+        "far": float(accept[~y].mean()),
+    }
+
+
+def _fold_split(
+    n: int, n_folds: int, seed: int | None, folds: np.ndarray | None
+) -> list[np.ndarray]:
+    """Index arrays of the test folds: given fold ids, or contiguous (optionally shuffled)."""
+    if folds is not None:
+        f = np.asarray(folds)
+        if f.shape != (n,) or f.dtype.kind not in "iu":
+            raise ValueError(f"folds must be {n} integer fold ids, got shape {f.shape} {f.dtype}")
+        ids = np.unique(f)
+        if ids.size < 2:
+            raise ValueError(
+                f"explicit folds need at least 2 distinct fold ids, got {ids.tolist()}"
+            )
+        return [np.flatnonzero(f == k) for k in ids]
+    idx = np.arange(n)
+    if seed is not None:
+        idx = np.random.default_rng(seed).permutation(n)
+    # np.array_split gives the same fold sizes as sklearn's KFold (first n % k folds are larger).
+    return np.array_split(idx, n_folds)
+
+
 def verification_metrics(
-    scores: np.ndarray, labels: np.ndarray, n_folds: int = 10, seed: int | None = None
+    scores: np.ndarray,
+    labels: np.ndarray,
+    n_folds: int = 10,
+    seed: int | None = None,
+    folds: np.ndarray | None = None,
 ) -> dict[str, float]:
     """K-fold verification accuracy plus AUC and TAR@FAR over all pairs.
 
     ``seed=None`` (the standard protocol) uses contiguous folds in the given pair order, like
     InsightFace's ``KFold(n_splits=10, shuffle=False)``; an integer seed shuffles the pairs with
-    that seed before splitting. Returns ``acc``, ``acc_std`` (population std over folds),
-    ``threshold`` (mean chosen threshold), ``auc``, ``tar_far1e-3``, ``tar_far1e-4`` and
-    ``n_pairs``.
+    that seed before splitting. ``folds`` (one integer id per pair, as LFW's and CFP's
+    protocol files define them) replaces both. Returns ``acc``, ``acc_std`` (population std
+    over folds), ``threshold`` (mean chosen threshold), ``auc``, ``tar_far1e-3``,
+    ``tar_far1e-4`` and ``n_pairs``.
     """
     if isinstance(n_folds, bool) or not isinstance(n_folds, int | np.integer) or n_folds < 2:
         raise ValueError(f"n_folds must be an integer >= 2, got {n_folds!r}")
-    s, y = _validate(scores, labels, min_pairs=n_folds)
+    s, y = _validate(scores, labels, min_pairs=n_folds if folds is None else 2)
     n = s.shape[0]
-    idx = np.arange(n)
-    if seed is not None:
-        idx = np.random.default_rng(seed).permutation(n)
-    # np.array_split gives the same fold sizes as sklearn's KFold (first n % k folds are larger).
-    folds = np.array_split(idx, n_folds)
+    folds = _fold_split(n, n_folds, seed, folds)
+    n_folds = len(folds)
     accs = np.empty(n_folds)
     thresholds = np.empty(n_folds)
     for i, test in enumerate(folds):

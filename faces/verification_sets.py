@@ -1,4 +1,4 @@
-"""Verification sets: InsightFace ``.bin`` files, LFW ``pairs.txt`` and plain ImageFolders.
+"""Verification sets: InsightFace ``.bin``, LFW ``pairs.txt``, CSV/TSV pairs files, ImageFolders.
 
 Every set comes back as a :class:`VerificationSet`: uint8 images (N, 3, 112, 112) RGB and
 pairs ``(i, j, same)`` int64 in the protocol's order (the 10-fold protocol uses contiguous
@@ -24,7 +24,6 @@ Any other global (``os.system``, ``builtins.eval``, ``subprocess.*``, ...) stops
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import re
@@ -35,17 +34,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from faces.data import FaceDataError, load_images, make_pairs, scan_image_folder
+from faces.data import FaceDataError, make_pairs, scan_image_folder
+from faces.image_pool import ImagePool
+from faces.pairs_file import is_generic_pairs_file, parse_pairs_file
 from faces.transforms import IMAGE_SIZE
 
 __all__ = [
+    "SetSpec",
     "VerificationSet",
+    "default_set_name",
     "load_bin",
     "load_image_folder_set",
     "load_lfw_pairs",
+    "load_pairs_file_set",
     "load_verification_set",
+    "load_verification_sets",
     "parse_pairs_txt",
     "write_bin",
 ]
@@ -53,11 +57,45 @@ __all__ = [
 
 @dataclass(frozen=True)
 class VerificationSet:
-    """Images and pairs of one verification set; ``name`` goes into ``verify.<name>.*`` keys."""
+    """Images and pairs of one verification set; ``name`` goes into ``verify.<name>.*`` keys.
+
+    Sets loaded together (:func:`load_verification_sets`) share one ``images`` tensor, the
+    distinct images of all of them. ``folds`` (one id per pair) comes from a pairs file with a
+    ``fold`` column; None means the protocol's 10 contiguous folds."""
 
     name: str
     images: torch.Tensor  # uint8 (N, 3, size, size) RGB
     pairs: np.ndarray  # int64 (P, 3): i, j, same
+    folds: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    """Where a verification set comes from: a ``.bin``, an ImageFolder (``n_pairs`` seeded
+    pairs), or an image root with ``pairs_file`` (LFW ``pairs.txt`` or a CSV/TSV pairs file);
+    ``name`` defaults to :func:`default_set_name`."""
+
+    path: str
+    name: str | None = None
+    pairs_file: str | None = None
+    n_pairs: int | None = None
+
+
+def _metric_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", name)
+
+
+def default_set_name(spec: SetSpec) -> str:
+    """``name``, else a ``.bin``'s stem, a CSV/TSV pairs file's stem, or the folder's name
+    (characters that metric keys do not allow become ``_``)."""
+    if spec.name:
+        return spec.name
+    path = Path(spec.path)
+    if path.is_file() or path.suffix.lower() == ".bin":
+        return _metric_safe(path.stem)
+    if spec.pairs_file is not None and is_generic_pairs_file(spec.pairs_file):
+        return _metric_safe(Path(spec.pairs_file).stem)
+    return _metric_safe(path.resolve().name)
 
 
 # -- restricted unpickling -------------------------------------------------------------------
@@ -133,19 +171,14 @@ def _as_bytes(item: Any) -> bytes | None:
     return None
 
 
-def _decode(data: bytes, size: int, where: str) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise FaceDataError(f"cannot decode {where}: {exc}") from exc
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
-
-
 def load_bin(path: str | os.PathLike, size: int = IMAGE_SIZE) -> VerificationSet:
+    """Read an InsightFace verification ``.bin`` (see :func:`_bin_pairs`)."""
+    pool = ImagePool(size)
+    pairs = _bin_pairs(Path(path), pool)
+    return VerificationSet(Path(path).stem, pool.images(), pairs)
+
+
+def _bin_pairs(path: Path, pool: ImagePool) -> np.ndarray:
     """Read an InsightFace verification ``.bin``: pair k is entries (2k, 2k + 1), file order.
 
     Repeated images (the same bytes) are decoded once; pairs index the distinct images.
@@ -185,23 +218,14 @@ def load_bin(path: str | os.PathLike, size: int = IMAGE_SIZE) -> VerificationSet
     if len(same) == 0:
         raise FaceDataError(f"{path} holds no pairs")
     # Files repeat an image in every pair it belongs to (lfw.bin: 12000 entries); identical
-    # bytes decode and embed identically, so each distinct image is kept once.
-    where: dict[bytes, int] = {}
-    first: list[int] = []  # entry number of each distinct image, for error messages
+    # bytes decode and embed identically, so the pool keeps each distinct image once.
     index = np.empty(len(bins), dtype=np.int64)
     for i, item in enumerate(bins):
         data = _as_bytes(item)
         if data is None:
             raise FaceDataError(f"{path}: image {i} is a {type(item).__name__}, not encoded bytes")
-        if data not in where:
-            where[data] = len(first)
-            first.append(i)
-        index[i] = where[data]
-    images = torch.empty((len(first), 3, size, size), dtype=torch.uint8)
-    for data, j in where.items():
-        images[j] = torch.from_numpy(_decode(data, size, f"image {first[j]} of {path}"))
-    pairs = np.stack([index[0::2], index[1::2], same.astype(np.int64)], axis=1)
-    return VerificationSet(path.stem, images, pairs)
+        index[i] = pool.add_bytes(data, f"image {i} of {path}")
+    return np.stack([index[0::2], index[1::2], same.astype(np.int64)], axis=1)
 
 
 def write_bin(
@@ -280,6 +304,96 @@ def parse_pairs_txt(path: str | os.PathLike) -> list[PairLine]:
     return out
 
 
+def _lfw_pairs(root: Path, pairs_file: str | os.PathLike, pool: ImagePool) -> np.ndarray:
+    """Pairs of an LFW ``pairs.txt`` over ``root/<name>/<name>_%04d.jpg``, images pooled."""
+    rows = []
+    for line in parse_pairs_txt(pairs_file):
+        ij = []
+        for name, num in (line.a, line.b):
+            p = root / name / f"{name}_{num:04d}.jpg"
+            if not p.is_file():
+                raise FaceDataError(f"{pairs_file} names image {p}, which does not exist")
+            ij.append(pool.add_file(p))
+        rows.append((ij[0], ij[1], int(line.same)))
+    return np.array(rows, dtype=np.int64)
+
+
+def _csv_pairs(
+    root: Path, pairs_file: str | os.PathLike, pool: ImagePool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pairs (and folds, with a ``fold`` column) of a CSV/TSV pairs file over ``root``."""
+    parsed = parse_pairs_file(pairs_file)
+    rows = []
+    for pair in parsed:
+        ij = []
+        for rel in (pair.a, pair.b):
+            p = root / rel
+            if not p.is_file():
+                raise FaceDataError(
+                    f"{pairs_file} line {pair.line}: image {p} does not exist (paths are "
+                    f"relative to {root})"
+                )
+            ij.append(pool.add_file(p, f"image {p} ({pairs_file} line {pair.line})"))
+        rows.append((ij[0], ij[1], int(pair.same)))
+    folds = None
+    if parsed[0].fold is not None:
+        folds = np.array([p.fold for p in parsed], dtype=np.int64)
+        if len(np.unique(folds)) < 2:
+            raise FaceDataError(
+                f"{pairs_file}: the fold column names one fold ({int(folds[0])}); the protocol "
+                "needs at least 2"
+            )
+    return np.array(rows, dtype=np.int64), folds
+
+
+def _folder_pairs(root: Path, n_pairs: int, seed: int, pool: ImagePool) -> np.ndarray:
+    """Balanced seeded pairs of an ImageFolder (people with >= 2 images), images pooled."""
+    index = scan_image_folder(root, min_images=2)
+    pairs = make_pairs(index.labels, n_pairs, seed)
+    used = np.unique(pairs[:, :2])
+    rows = np.array([pool.add_file(index.paths[int(i)]) for i in used], dtype=np.int64)
+    return np.concatenate([rows[np.searchsorted(used, pairs[:, :2])], pairs[:, 2:]], axis=1)
+
+
+def _load_into(
+    spec: SetSpec, pool: ImagePool, n_pairs: int, seed: int
+) -> tuple[str, np.ndarray, np.ndarray | None]:
+    """Name, pairs (rows of ``pool``) and folds of one set."""
+    path = Path(spec.path)
+    name = default_set_name(spec)
+    if path.is_file() or path.suffix.lower() == ".bin":
+        if spec.pairs_file is not None:
+            raise FaceDataError(f"a pairs file goes with an image folder, not with the file {path}")
+        return name, _bin_pairs(path, pool), None
+    if not path.is_dir():
+        raise FaceDataError(f"verification data {path} does not exist")
+    if spec.pairs_file is None:
+        return name, _folder_pairs(path, spec.n_pairs or n_pairs, seed, pool), None
+    if not Path(spec.pairs_file).is_file():
+        raise FaceDataError(f"pairs file {spec.pairs_file} does not exist")
+    if is_generic_pairs_file(spec.pairs_file):
+        pairs, folds = _csv_pairs(path, spec.pairs_file, pool)
+        return name, pairs, folds
+    return name, _lfw_pairs(path, spec.pairs_file, pool), None
+
+
+def load_verification_sets(
+    specs: list[SetSpec], n_pairs: int = 3000, seed: int = 0, size: int = IMAGE_SIZE
+) -> list[VerificationSet]:
+    """Several sets at once: each distinct image decoded once, one ``images`` tensor shared
+    by all (so a model embeds every face once however many sets hold it).
+
+    Set names must be distinct (they key the metrics)."""
+    pool = ImagePool(size)
+    loaded = [_load_into(spec, pool, n_pairs, seed) for spec in specs]
+    names = [name for name, _, _ in loaded]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise FaceDataError(f"two verification sets are named {dupes[0]!r}: give each its own name")
+    images = pool.images()
+    return [VerificationSet(name, images, pairs, folds) for name, pairs, folds in loaded]
+
+
 def load_lfw_pairs(
     root: str | os.PathLike, pairs_file: str | os.PathLike, size: int = IMAGE_SIZE
 ) -> VerificationSet:
@@ -287,23 +401,21 @@ def load_lfw_pairs(
     root = Path(root)
     if not root.is_dir():
         raise FaceDataError(f"face data folder {root} does not exist")
-    lines = parse_pairs_txt(pairs_file)
-    where: dict[tuple[str, int], int] = {}
-    paths: list[Path] = []
-    rows = []
-    for line in lines:
-        ij = []
-        for name, num in (line.a, line.b):
-            if (name, num) not in where:
-                p = root / name / f"{name}_{num:04d}.jpg"
-                if not p.is_file():
-                    raise FaceDataError(f"{pairs_file} names image {p}, which does not exist")
-                where[(name, num)] = len(paths)
-                paths.append(p)
-            ij.append(where[(name, num)])
-        rows.append((ij[0], ij[1], int(line.same)))
-    images = load_images(paths, size)
-    return VerificationSet(root.resolve().name, images, np.array(rows, dtype=np.int64))
+    pool = ImagePool(size)
+    pairs = _lfw_pairs(root, pairs_file, pool)
+    return VerificationSet(root.resolve().name, pool.images(), pairs)
+
+
+def load_pairs_file_set(
+    root: str | os.PathLike, pairs_file: str | os.PathLike, size: int = IMAGE_SIZE
+) -> VerificationSet:
+    """Images under ``root`` and the pairs (and folds) of a CSV/TSV pairs file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FaceDataError(f"face data folder {root} does not exist")
+    pool = ImagePool(size)
+    pairs, folds = _csv_pairs(root, pairs_file, pool)
+    return VerificationSet(_metric_safe(Path(pairs_file).stem), pool.images(), pairs, folds)
 
 
 # -- ImageFolder -----------------------------------------------------------------------------
@@ -315,12 +427,9 @@ def load_image_folder_set(
     Identities with fewer than 2 images are dropped first (like the pipeline's ``data.eval``);
     only the images that occur in pairs are decoded.
     """
-    index = scan_image_folder(root, min_images=2)
-    pairs = make_pairs(index.labels, n_pairs, seed)
-    used = np.unique(pairs[:, :2])
-    images = load_images([index.paths[int(i)] for i in used], size)
-    remapped = np.concatenate([np.searchsorted(used, pairs[:, :2]), pairs[:, 2:]], axis=1)
-    return VerificationSet(Path(root).resolve().name, images, remapped.astype(np.int64))
+    pool = ImagePool(size)
+    pairs = _folder_pairs(Path(root), n_pairs, seed, pool)
+    return VerificationSet(Path(root).resolve().name, pool.images(), pairs)
 
 
 def load_verification_set(
@@ -330,14 +439,7 @@ def load_verification_set(
     n_pairs: int = 3000,
     seed: int = 0,
 ) -> VerificationSet:
-    """A ``.bin`` file, an LFW-layout folder with ``pairs_file``, or an ImageFolder (own pairs)."""
-    path = Path(spec)
-    if path.is_file() or path.suffix.lower() == ".bin":
-        if pairs_file is not None:
-            raise FaceDataError(f"a pairs file goes with an image folder, not with the file {path}")
-        return load_bin(path)
-    if not path.exists():
-        raise FaceDataError(f"verification data {path} does not exist")
-    if pairs_file is not None:
-        return load_lfw_pairs(path, pairs_file)
-    return load_image_folder_set(path, n_pairs, seed)
+    """A ``.bin`` file, an image folder with ``pairs_file`` (LFW ``pairs.txt`` or CSV/TSV),
+    or an ImageFolder (own pairs)."""
+    one = SetSpec(str(spec), pairs_file=None if pairs_file is None else str(pairs_file))
+    return load_verification_sets([one], n_pairs, seed)[0]

@@ -152,7 +152,8 @@ def run_ablation(
             records = orch.run(start=after_teacher[0], force=True)  # the teacher is kept
         else:
             records = orch.run(force=force)
-        rows.append(result_row(v, records, orch.data.eval_name))
+        names = orch.data.eval_names
+        rows.append(result_row(v, records, names[0] if len(names) == 1 else "mean"))
     # variants run by earlier invocations (``--variants``) keep their rows, in file order
     summary = base_out / "ablation.json"
     earlier = json.loads(summary.read_text()) if summary.is_file() else []

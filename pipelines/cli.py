@@ -32,7 +32,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     orch = Orchestrator(config)
     records = orch.run(only=args.only, start=getattr(args, "from"), force=args.force)
     print()
-    print(summary_table(records, orch.data.eval_name))
+    print(summary_table(records, orch.data.eval_names))
     print()
     uri = tracking_uri()
     if uri.startswith("sqlite:"):

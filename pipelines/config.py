@@ -35,19 +35,35 @@ class SyntheticData(Section):
     seed: int = 0
 
 
+class EvalSetConfig(Section):
+    """One evaluation set of a ``data.eval`` list: ``path`` as ``data.eval`` takes it, its own
+    ``name`` (metric keys ``verify.<name>.*``), ``pairs_file`` and ``pairs`` (folders)."""
+
+    path: str
+    name: str | None = None
+    pairs_file: str | None = None
+    pairs: int | None = Field(None, ge=20)
+
+
 class DataConfig(Section):
     """``train``: ``synthetic``, an ImageFolder or a RecordIO folder (``train.rec``/``.idx``);
     ``eval``: null (held-out people of ``train``), an ImageFolder, an InsightFace ``.bin`` or an
-    LFW-layout folder with ``eval_pairs_file`` (``pairs.txt``). ``extra_train``: more
-    ImageFolders whose people join ``train`` (names prefixed by the folder). ``bad_images``: an
-    unreadable or truncated training (or held-out) image stops the run (``fail``) or is left
-    out, counted and listed (``skip``); separate evaluation sets always fail (fixed protocol)."""
+    image folder with ``eval_pairs_file`` (LFW ``pairs.txt`` or a CSV/TSV ``path_a, path_b,
+    same[, fold]`` file), or a list of such sets (paths or ``{path, name, pairs_file, pairs}``;
+    every set is scored, ``verify.mean.acc`` averages them). ``threshold_from``: a set's name:
+    ``verify.<set>.acc_at_far`` at the threshold that gives ``threshold_far`` there.
+    ``extra_train``: more ImageFolders whose people join ``train`` (names prefixed by the
+    folder). ``bad_images``: an unreadable or truncated training (or held-out) image stops the
+    run (``fail``) or is left out, counted and listed (``skip``); separate evaluation sets
+    always fail (fixed protocol)."""
 
     train: str = "synthetic"
     extra_train: list[str] = []
-    eval: str | None = None
+    eval: str | list[str | EvalSetConfig] | None = None
     eval_pairs_file: str | None = None
     eval_name: str | None = None
+    threshold_from: str | None = None
+    threshold_far: float = Field(1e-3, gt=0, lt=1)
     eval_fraction: float = Field(0.25, gt=0, lt=1)
     eval_pairs: int = Field(3000, ge=20)
     min_images_per_identity: int = Field(2, ge=1)
@@ -311,25 +327,9 @@ def _resolve_paths(config: PipelineConfig, source: Path) -> None:
                 f"{source}: data.extra_train: extra ImageFolders are added to an ImageFolder "
                 f"data.train, not to {train}"
             )
-    if data.eval:
-        ev = Path(data.eval)
-        if not ev.exists():
-            raise ConfigError(f"{source}: data.eval: {data.eval} does not exist")
-        if ev.is_file() and ev.suffix.lower() != ".bin":
-            raise ConfigError(
-                f"{source}: data.eval: {data.eval} is a file but not an InsightFace .bin "
-                "(expected an ImageFolder, a .bin or a folder with data.eval_pairs_file)"
-            )
-    if data.eval_pairs_file:
-        if not data.eval or not Path(data.eval).is_dir():
-            raise ConfigError(
-                f"{source}: data.eval_pairs_file: needs data.eval to be an image folder "
-                f"(got {data.eval!r})"
-            )
-        if not Path(data.eval_pairs_file).is_file():
-            raise ConfigError(
-                f"{source}: data.eval_pairs_file: file {data.eval_pairs_file} does not exist"
-            )
+    from pipelines.eval_sets import check_eval_config
+
+    check_eval_config(config, source)
     for i, folder in enumerate(config.distill.unlabelled):
         if not Path(folder).is_dir():
             raise ConfigError(f"{source}: distill.unlabelled[{i}]: folder {folder} does not exist")

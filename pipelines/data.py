@@ -3,13 +3,15 @@
 ``data.train`` is ``synthetic``, an ImageFolder or an InsightFace RecordIO folder (``train.rec``
 and ``train.idx``); training images are decoded into memory once (RecordIO sets up to
 ``data.preload_max_images``). ``data.eval`` is null (people held out of ``train``), an
-ImageFolder (pairs drawn with the pipeline seed), an InsightFace ``.bin`` or an LFW-layout
-folder with ``data.eval_pairs_file``; the last two keep the file's pairs and order.
+ImageFolder (pairs drawn with the pipeline seed), an InsightFace ``.bin``, an image folder
+with a pairs file (LFW ``pairs.txt`` or CSV/TSV), or a list of those (``eval_sets``, see
+:mod:`pipelines.eval_sets`); files keep their pairs and order.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,18 @@ from faces.data import (
     scan_image_folder,
     split_identities,
 )
+from faces.evaluate import FarThreshold
+from faces.pairs_file import is_generic_pairs_file
 from faces.transforms import fill_black_border
-from faces.verification_sets import VerificationSet, load_verification_set
+from faces.verification_sets import SetSpec, VerificationSet, load_verification_sets
 from pipelines.config import PipelineConfig
+from pipelines.eval_sets import (
+    eval_fingerprint,
+    eval_identities,
+    eval_specs,
+    far_threshold,
+    set_names,
+)
 
 
 def is_recordio(path: str | Path) -> bool:
@@ -114,17 +125,13 @@ class DataContext:
         return self.cfg.train != "synthetic" and is_recordio(self.cfg.train)
 
     @property
+    def eval_specs(self) -> list[SetSpec]:
+        """The separate evaluation sets (``data.eval``); empty when people are held out."""
+        return [replace(s, path=str(self._root(s.path))) for s in eval_specs(self.cfg)]
+
+    @property
     def separate_eval(self) -> bool:
-        return bool(self.cfg.eval) and self.cfg.eval != self.cfg.train
-
-    @property
-    def eval_is_bin(self) -> bool:
-        return self.separate_eval and Path(str(self.cfg.eval)).is_file()
-
-    @property
-    def fixed_pairs(self) -> bool:
-        """Whether the evaluation pairs come from a file (``.bin`` or ``eval_pairs_file``)."""
-        return self.separate_eval and (self.eval_is_bin or self.cfg.eval_pairs_file is not None)
+        return bool(self.eval_specs)
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the data without decoding it: listings, file hashes, split settings.
@@ -141,21 +148,6 @@ class DataContext:
                 return {"path": path, "recordio": recordio_fingerprint(value)}
             return {"path": path, "listing": listing_fingerprint(value, manifest=self.cfg.manifest)}
 
-        def evaluation(value: str) -> Any:
-            if value == "synthetic":
-                return {"synthetic": self.cfg.synthetic.model_dump()}
-            path = Path(value)
-            if path.is_file():
-                return {"path": str(path.resolve()), "sha256": _sha256(path)}
-            out: dict[str, Any] = {
-                "path": str(path.resolve()),
-                "listing": listing_fingerprint(path),
-            }
-            if self.cfg.eval_pairs_file:
-                pairs = Path(self.cfg.eval_pairs_file)
-                out["pairs_file"] = {"path": str(pairs.resolve()), "sha256": _sha256(pairs)}
-            return out
-
         return {
             "train": train(self.cfg.train),
             **(
@@ -163,9 +155,8 @@ class DataContext:
                 if self.cfg.extra_train
                 else {}
             ),
-            "eval": evaluation(self.cfg.eval) if self.separate_eval else None,
+            **eval_fingerprint(self.cfg),
             "eval_fraction": None if self.separate_eval else self.cfg.eval_fraction,
-            "eval_pairs": None if self.fixed_pairs else self.cfg.eval_pairs,
             "min_images": self.cfg.min_images_per_identity,
             "seed": self.config.pipeline.seed,
         }
@@ -191,16 +182,16 @@ class DataContext:
     def _indices(self) -> tuple[FaceIndex, FaceIndex | None]:
         train_all = self._scan_train()
         if self.separate_eval:
+            folders = [s for s in self.eval_specs if Path(s.path).is_dir()]
             eval_index = None
-            if not self.eval_is_bin:
-                min_images = 1 if self.cfg.eval_pairs_file else 2
-                eval_index = scan_image_folder(
-                    self._root(str(self.cfg.eval)), min_images, manifest=self.cfg.manifest
-                )
-            if eval_index is None or self.train_is_recordio:  # no names to compare
+            first = folders[0] if folders else None
+            if first and not (first.pairs_file and is_generic_pairs_file(first.pairs_file)):
+                min_images = 1 if first.pairs_file else 2
+                eval_index = scan_image_folder(first.path, min_images, manifest=self.cfg.manifest)
+            if not folders or self.train_is_recordio:  # no names to compare
                 return train_all, eval_index
-            overlap = set(train_all.identities) & set(eval_index.identities)
-            keep = [i for i in train_all.identities if i not in overlap]
+            people = set().union(*(eval_identities(s) or set() for s in folders))
+            keep = [i for i in train_all.identities if i not in people]
             return train_all.subset(keep), eval_index
         train_ids, eval_ids = split_identities(
             train_all, self.cfg.eval_fraction, self.config.pipeline.seed
@@ -213,20 +204,23 @@ class DataContext:
 
     @property
     def eval_index(self) -> FaceIndex | None:
-        """The evaluation people (held out, or the eval folder); None for a ``.bin``."""
+        """The evaluation people (held out, or the first eval folder); None for a ``.bin``."""
         return self._indices[1]
 
     @property
+    def eval_names(self) -> list[str]:
+        """Names of the evaluation sets (``verify.<name>.*``), known without loading them."""
+        return set_names(self.cfg)
+
+    @property
     def eval_name(self) -> str:
-        if self.cfg.eval_name:
-            return self.cfg.eval_name
-        if self.separate_eval:
-            path = Path(str(self.cfg.eval))
-            return path.stem if path.is_file() else path.resolve().name
-        if self.cfg.train == "synthetic":
-            return "synthetic"
-        names = [Path(f).resolve().name for f in [self.cfg.train, *self.cfg.extra_train]]
-        return "-".join(names) + "_heldout"  # MLflow metric names allow no "+"
+        """The first evaluation set's name (the only one unless ``data.eval`` is a list)."""
+        return self.eval_names[0]
+
+    @property
+    def far_threshold(self) -> FarThreshold | None:
+        """``data.threshold_from`` / ``threshold_far``: accuracy at a fixed threshold."""
+        return far_threshold(self.cfg)
 
     # -- tensors --------------------------------------------------------------------------
     def _decode(self, index: FaceIndex) -> tuple[torch.Tensor, FaceIndex]:
@@ -281,31 +275,31 @@ class DataContext:
         return FaceImages(index, images=images)
 
     @cached_property
-    def _eval_set(self) -> VerificationSet:
-        return load_verification_set(
-            self._root(str(self.cfg.eval)),
-            pairs_file=self.cfg.eval_pairs_file,
-            n_pairs=self.cfg.eval_pairs,
-            seed=self.config.pipeline.seed,
-        )
+    def eval_sets(self) -> list[VerificationSet]:
+        """Every evaluation set; loaded together, they share one images tensor (each image
+        decoded once, embedded once per model)."""
+        if self.separate_eval:
+            return load_verification_sets(
+                self.eval_specs, n_pairs=self.cfg.eval_pairs, seed=self.config.pipeline.seed
+            )
+        images, index = self._heldout
+        pairs = make_pairs(index.labels, self.cfg.eval_pairs, self.config.pipeline.seed)
+        return [VerificationSet(self.eval_name, images, pairs)]
 
     @cached_property
     def _heldout(self) -> tuple[torch.Tensor, FaceIndex]:
         assert self.eval_index is not None
         return self._decode(self.eval_index)
 
-    @cached_property
+    @property
     def eval_images(self) -> torch.Tensor:
-        if self.separate_eval:
-            return self._eval_set.images
-        return self._heldout[0]
+        """The images of every evaluation set (one tensor that all their pairs index)."""
+        return self.eval_sets[0].images
 
-    @cached_property
+    @property
     def eval_pairs(self) -> np.ndarray:
-        if self.separate_eval:
-            return self._eval_set.pairs
-        labels = self._heldout[1].labels
-        return make_pairs(labels, self.cfg.eval_pairs, self.config.pipeline.seed)
+        """The first evaluation set's pairs."""
+        return self.eval_sets[0].pairs
 
     def unlabelled_images(self, folders: list[str]) -> torch.Tensor:
         """All images under the given folders (any depth), decoded once; no labels needed.
@@ -333,14 +327,16 @@ class DataContext:
     def probe_batch(self, n: int) -> torch.Tensor:
         """The first ``n`` evaluation images, normalised, for parity.
 
-        Held-out people: one image per person first. A verification set (no labels): the first
-        image of every pair in file order first, then the second ones, then any others.
+        Held-out people: one image per person first. Verification sets (no labels): the first
+        image of every pair in file order first, then the second ones, set after set, then any
+        others.
         """
         from faces.transforms import normalise
 
         if self.separate_eval:
-            pairs = self.eval_pairs
-            candidates = [*pairs[:, 0].tolist(), *pairs[:, 1].tolist()]
+            candidates = []
+            for vset in self.eval_sets:
+                candidates += [*vset.pairs[:, 0].tolist(), *vset.pairs[:, 1].tolist()]
             candidates += range(len(self.eval_images))
             order = list(dict.fromkeys(int(i) for i in candidates))[:n]
         else:

@@ -1,4 +1,4 @@
-"""``facekd eval MODEL --data DATA``: verification accuracy of any model on any verification set.
+"""``facekd eval MODEL --data DATA [--data ...]``: verification accuracy of any model on any sets.
 
 MODEL is one of
 
@@ -11,10 +11,15 @@ MODEL is one of
 * a ``.tflite`` flatbuffer (LCE interpreter: indirect BGEMM when it holds ``LceBconv2d`` ops,
   XNNPACK otherwise).
 
-DATA is an InsightFace ``.bin``, an LFW-layout folder with ``--pairs pairs.txt``, or an
-ImageFolder (balanced pairs with a fixed seed, as the pipeline's evaluation makes them). Images
-are normalised as ``(x - 127.5) / 128`` and embedded with their horizontal flip, like
-everywhere in facekd.
+DATA is an InsightFace ``.bin``, an image folder with ``--pairs FILE`` (LFW ``pairs.txt``, or a
+CSV/TSV of ``path_a, path_b, same[, fold]`` relative to the folder, for cross-age and
+cross-pose protocols; with a ``fold`` column the file's folds are used), or an ImageFolder
+(balanced pairs with a fixed seed, as the pipeline's evaluation makes them). Repeat ``--data``
+for several sets (``--data DIR,pairs=FILE,name=NAME`` gives each its own pairs file and name):
+one table with a row per set and the mean accuracy, every image that the sets share decoded and
+embedded once. Images are normalised as ``(x - 127.5) / 128`` and embedded with their
+horizontal flip, like everywhere in facekd. ``--threshold-from SET`` adds the accuracy of every
+set at one threshold chosen on SET for ``--threshold-far`` (as a deployment fixes it).
 
 ``--reference MODEL2`` also runs a second model on the same images and pairs (typically the
 PyTorch ``student.pt`` beside its exported ``student_lce.tflite``) and reports the accuracy
@@ -33,14 +38,16 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from faces.data import FaceDataError
-from faces.evaluate import EmbedFn
+from faces.evaluate import EmbedFn, FarThreshold
+from faces.verification_sets import SetSpec, VerificationSet
+from pipelines.eval_report import format_table
 from teachers.checkpoint import CheckpointError
 
 __all__ = ["LoadedModel", "add_eval_parser", "compare", "evaluate", "load_embedder", "run_eval"]
@@ -277,89 +284,130 @@ NOISE_RELATIVE = 1e-6
 """Relative input perturbation of ``--noise-draws``: float32 rounding's order of magnitude."""
 
 
+def _split(values: np.ndarray, sets: list[VerificationSet]) -> dict[str, np.ndarray]:
+    """Per-set slices of values computed over all sets' pairs concatenated."""
+    out, start = {}, 0
+    for s in sets:
+        out[s.name] = values[start : start + len(s.pairs)]
+        start += len(s.pairs)
+    return out
+
+
+def _set_metrics(
+    scores: dict[str, np.ndarray], sets: list[VerificationSet], threshold: FarThreshold | None
+) -> dict[str, float]:
+    from faces.evaluate import sets_metrics
+
+    try:
+        return sets_metrics(scores, sets, threshold)
+    except ValueError as exc:
+        raise FaceDataError(f"cannot run the verification protocol: {exc}") from exc
+
+
 def compare(
     model: LoadedModel,
     reference: LoadedModel | None,
-    images: Any,
-    pairs: np.ndarray,
-    name: str,
+    sets: list[VerificationSet],
     noise_draws: int = 0,
     batch_size: int = 64,
+    threshold: FarThreshold | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Metrics of ``model``; with a ``reference``, its accuracy and the delta (pt) and the
-    per-image embedding cosines between the two; with ``noise_draws``, the accuracy deltas
-    (pt) of the reference (else of ``model``) on inputs perturbed by 1e-6 relative noise.
+    """Metrics of ``model`` on every set (``verify.<set>.*``, ``verify.mean.acc``); each image
+    the sets use is embedded once per model. With a ``reference``, its accuracy and the delta
+    (pt) per set and the per-image embedding cosines between the two; with ``noise_draws``,
+    the accuracy deltas (pt) of the reference (else of ``model``) on inputs perturbed by 1e-6
+    relative noise.
 
-    Returns (metrics, details): metrics are ``verify.<name>.*`` floats for tracking; details
-    hold the lists (noise deltas per draw) and what was compared.
+    Returns (metrics, details): metrics are floats for tracking; details hold the lists (noise
+    deltas per draw, of the mean accuracy) and what was compared.
     """
     from faces.evaluate import pair_embeddings, perturbed_embed_fn, scores_of
 
-    emb, where = pair_embeddings(model.embed, images, pairs, batch_size)
-    metrics = _metrics(scores_of(emb, where), pairs, name)
-    key = f"verify.{name}"
+    images = sets[0].images
+    if any(s.images is not images for s in sets):
+        raise ValueError("compare needs sets loaded together (one shared images tensor)")
+    every = np.concatenate([s.pairs for s in sets])
+    emb, where = pair_embeddings(model.embed, images, every, batch_size)
+    metrics = _set_metrics(_split(scores_of(emb, where), sets), sets, threshold)
     details: dict[str, Any] = {}
-    base, base_acc = model, metrics[f"{key}.acc"]
+    names = [s.name for s in sets] + (["mean"] if len(sets) > 1 else [])
+    base, base_metrics = model, metrics
     if reference is not None:
-        ref_emb, _ = pair_embeddings(reference.embed, images, pairs, batch_size)
+        ref_emb, _ = pair_embeddings(reference.embed, images, every, batch_size)
         if ref_emb.shape != emb.shape:
             raise CheckpointError(
                 f"the reference's embeddings are {ref_emb.shape[1] // 2}-d, the model's "
                 f"{emb.shape[1] // 2}-d: they cannot be compared"
             )
-        ref_acc = _metrics(scores_of(ref_emb, where), pairs, name)[f"{key}.acc"]
+        ref_metrics = _set_metrics(_split(scores_of(ref_emb, where), sets), sets, None)
+        for name in names:
+            key = f"verify.{name}"
+            metrics[f"{key}.acc_reference"] = ref_metrics[f"{key}.acc"]
+            metrics[f"{key}.acc_delta_pt"] = 100 * (
+                metrics[f"{key}.acc"] - ref_metrics[f"{key}.acc"]
+            )
         cosines = (emb.astype(np.float64) * ref_emb).sum(1)  # rows are L2-normalised
-        metrics[f"{key}.acc_reference"] = ref_acc
-        metrics[f"{key}.acc_delta_pt"] = 100 * (metrics[f"{key}.acc"] - ref_acc)
         metrics["parity.cosine_min"] = float(cosines.min())
         metrics["parity.cosine_median"] = float(np.median(cosines))
         metrics["parity.share_cosine_099"] = float((cosines >= 0.99).mean())
-        base, base_acc = reference, ref_acc
+        base, base_metrics = reference, ref_metrics
     if noise_draws:
-        deltas = []
+        deltas: dict[str, list[float]] = {name: [] for name in names}
         for k in range(noise_draws):
             noisy = perturbed_embed_fn(base.embed, NOISE_RELATIVE, seed=k)
-            acc = _metrics(
-                scores_of(pair_embeddings(noisy, images, pairs, batch_size)[0], where), pairs, name
-            )[f"{key}.acc"]
-            deltas.append(100 * (acc - base_acc))
-        metrics[f"{key}.noise_delta_pt_max"] = float(np.max(np.abs(deltas)))
+            noisy_emb = pair_embeddings(noisy, images, every, batch_size)[0]
+            noisy_metrics = _set_metrics(_split(scores_of(noisy_emb, where), sets), sets, None)
+            for name in names:
+                key = f"verify.{name}.acc"
+                deltas[name].append(100 * (noisy_metrics[key] - base_metrics[key]))
+        for name in names:
+            metrics[f"verify.{name}.noise_delta_pt_max"] = float(np.max(np.abs(deltas[name])))
         details["noise_of"] = "reference" if reference is not None else "model"
-        details["noise_deltas_pt"] = deltas
+        details["noise_deltas_pt"] = deltas[names[-1]]
     return metrics, details
 
 
-def _format_table(report: dict[str, Any]) -> str:
-    m = report["metrics"]
-    key = f"verify.{report['set']}"
-    lines = [
-        f"model  {report['model']}  [{report['model_format']}: {report['model_detail']}]",
-        f"data   {report['data']}  [{report['set']}: {report['n_images']} images, "
-        f"{report['n_pairs']} pairs, {report['n_genuine']} genuine]",
-        "",
-        f"{'metric':<36} value",
-    ]
-    for k, v in m.items():
-        if k == f"{key}.acc":
-            value = f"{v:.4f} +- {m.get(f'{key}.acc_std', 0.0):.4f}"
-        elif k.endswith(".n_pairs"):
-            value = f"{v:.0f}"
-        elif k.endswith("_pt") or k.endswith("_pt_max"):
-            value = f"{v:+.2f}" if k.endswith("_pt") else f"{v:.2f}"
-        else:
-            value = f"{v:.4f}"
-        lines.append(f"{k:<36} {value}")
-    if "reference" in report:
-        ref = report["reference"]
-        lines.insert(2, f"ref    {ref['model']}  [{ref['model_format']}: {ref['model_detail']}]")
-    if "noise_deltas_pt" in report:
-        draws = ", ".join(f"{d:+.2f}" for d in report["noise_deltas_pt"])
-        lines.append(
-            f"\n{report['noise_of']} at 1e-6 input noise: acc delta {draws} pt "
-            "(the floor under any runtime's delta)"
-        )
-    lines.append(f"\n{report['seconds']:.1f} s")
-    return "\n".join(lines)
+def parse_data_args(
+    data: list[str], pairs: list[str] | None, names: list[str] | None
+) -> list[SetSpec]:
+    """``--data PATH[,pairs=FILE][,name=NAME]`` (repeatable) into set specs; ``--pairs`` and
+    ``--name`` go with a single ``--data``."""
+    specs = []
+    for value in data:
+        path, options = value, {}
+        if not Path(value).exists() and "," in value:
+            path, *parts = value.split(",")
+            for part in parts:
+                key, eq, val = part.partition("=")
+                if not eq or key not in ("pairs", "name") or not val:
+                    raise FaceDataError(
+                        f"--data {value}: expected PATH[,pairs=FILE][,name=NAME], got {part!r}"
+                    )
+                options[key] = val
+        specs.append(SetSpec(path, options.get("name"), options.get("pairs")))
+    for flag, given, field in (("--pairs", pairs, "pairs_file"), ("--name", names, "name")):
+        if not given:
+            continue
+        if len(given) > 1 or len(specs) > 1:
+            raise FaceDataError(
+                f"{flag} goes with a single --data; with several, write "
+                f"--data PATH,{'pairs' if field == 'pairs_file' else 'name'}=VALUE"
+            )
+        specs[0] = replace(specs[0], **{field: given[0]})
+    return specs
+
+
+def _set_report(spec: SetSpec, vset: VerificationSet) -> dict[str, Any]:
+    used = np.unique(vset.pairs[:, :2])
+    return {
+        "set": vset.name,
+        "data": spec.path,
+        "pairs_file": spec.pairs_file,
+        "n_images": int(len(used)),
+        "n_pairs": int(len(vset.pairs)),
+        "n_genuine": int(vset.pairs[:, 2].sum()),
+        "own_folds": vset.folds is not None,
+    }
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -367,7 +415,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     Raises FaceDataError / CheckpointError for bad input (the CLI maps them to exit code 2).
     """
-    from faces.verification_sets import load_verification_set
+    from faces.verification_sets import load_verification_sets
 
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
@@ -380,9 +428,11 @@ def run_eval(args: argparse.Namespace) -> int:
             raise CheckpointError(f"--args must be a JSON object, got {args.args!r}")
     if args.n_pairs < 10:
         raise FaceDataError(f"--n-pairs must be at least 10 (10 folds), got {args.n_pairs}")
-    for what, value in (("verification data", args.data), ("pairs file", args.pairs)):
-        if value is not None and not Path(value).exists():  # fail before loading the model
-            raise FaceDataError(f"{what} {value} does not exist")
+    specs = parse_data_args(args.data, args.pairs, args.name)
+    for spec in specs:  # fail before loading the model
+        for what, value in (("verification data", spec.path), ("pairs file", spec.pairs_file)):
+            if value is not None and not Path(value).exists():
+                raise FaceDataError(f"{what} {value} does not exist")
     if args.noise_draws < 0:
         raise FaceDataError(f"--noise-draws must be 0 or more, got {args.noise_draws}")
     if args.reference is not None and not Path(args.reference).is_file():
@@ -391,22 +441,28 @@ def run_eval(args: argparse.Namespace) -> int:
     reference = (
         load_embedder(args.reference, threads=args.threads) if args.reference is not None else None
     )
-    vset = load_verification_set(
-        args.data, pairs_file=args.pairs, n_pairs=args.n_pairs, seed=args.seed
-    )
-    name = args.name or vset.name
-    metrics, details = compare(
-        model, reference, vset.images, vset.pairs, name, args.noise_draws, args.batch_size
-    )
+    sets = load_verification_sets(specs, n_pairs=args.n_pairs, seed=args.seed)
+    threshold = None
+    if args.threshold_from is not None:
+        threshold = FarThreshold(args.threshold_from, args.threshold_far)
+        if args.threshold_from not in [s.name for s in sets]:
+            raise FaceDataError(
+                f"--threshold-from {args.threshold_from}: not one of the sets "
+                f"({', '.join(s.name for s in sets)})"
+            )
+    metrics, details = compare(model, reference, sets, args.noise_draws, args.batch_size, threshold)
+    set_reports = [_set_report(spec, s) for spec, s in zip(specs, sets, strict=True)]
+    one = len(sets) == 1
     report = {
         "model": str(args.model),
         "model_format": model.format,
         "model_detail": model.detail,
-        "data": str(args.data),
-        "set": name,
-        "n_images": int(len(vset.images)),
-        "n_pairs": int(len(vset.pairs)),
-        "n_genuine": int(vset.pairs[:, 2].sum()),
+        "data": specs[0].path if one else [spec.path for spec in specs],
+        "set": sets[0].name if one else ",".join(s.name for s in sets),
+        "n_images": int(len(np.unique(np.concatenate([s.pairs[:, :2] for s in sets])))),
+        "n_pairs": sum(r["n_pairs"] for r in set_reports),
+        "n_genuine": sum(r["n_genuine"] for r in set_reports),
+        "sets": set_reports,
         "metrics": metrics,
         **details,
         "seconds": round(time.perf_counter() - t0, 3),
@@ -420,7 +476,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        print(_format_table(report))
+        print(format_table(report))
     return 0
 
 
@@ -436,10 +492,18 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         required=True,
-        help="InsightFace .bin (lfw.bin, cfp_fp.bin, agedb_30.bin), LFW folder with --pairs, "
-        "or an ImageFolder root/<person>/<image>",
+        action="append",
+        metavar="PATH[,pairs=FILE][,name=NAME]",
+        help="InsightFace .bin (lfw.bin, cfp_fp.bin, agedb_30.bin), an image folder with a pairs "
+        "file (LFW pairs.txt or CSV/TSV path_a,path_b,same[,fold]), or an ImageFolder "
+        "root/<person>/<image>; repeat for several sets (one table, images embedded once)",
     )
-    p.add_argument("--pairs", metavar="PAIRS_TXT", help="LFW pairs.txt for a --data folder")
+    p.add_argument(
+        "--pairs",
+        action="append",
+        metavar="FILE",
+        help="pairs file for a single --data folder: LFW pairs.txt or CSV/TSV",
+    )
     p.add_argument(
         "--n-pairs",
         type=int,
@@ -448,7 +512,24 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="pairs drawn from an ImageFolder (default 3000)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of ImageFolder pairs (default 0)")
-    p.add_argument("--name", help="set name in the metric keys (default: file stem / folder)")
+    p.add_argument(
+        "--name",
+        action="append",
+        help="set name in the metric keys for a single --data (default: file stem / folder)",
+    )
+    p.add_argument(
+        "--threshold-from",
+        metavar="SET",
+        help="also report accuracy at one fixed threshold chosen on this set for --threshold-far "
+        "(verify.<set>.acc_at_far on every set)",
+    )
+    p.add_argument(
+        "--threshold-far",
+        type=float,
+        default=1e-3,
+        metavar="FAR",
+        help="false accept rate of --threshold-from (default 1e-3)",
+    )
     p.add_argument("--arch", metavar="NAME", help="architecture of a checkpoint (registry name)")
     p.add_argument("--args", metavar="JSON", help="its arguments, e.g. '{\"embedding_size\": 512}'")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")

@@ -253,7 +253,7 @@ class Orchestrator:
                             continue
                         record = self._execute(plan, produced, tracker, parent_id)
                         produced.update(record["outputs"])
-                    tags, metrics = run_summary(self.records(), self.config, self.data.eval_name)
+                    tags, metrics = run_summary(self.records(), self.config, self.data.eval_names)
                     tracker.summarise(parent_id, tags, metrics)
             except (KeyboardInterrupt, SystemExit):
                 raise  # interrupted (Lightning turns Ctrl-C into SystemExit): resumable

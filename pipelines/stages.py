@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from faces.evaluate import pair_scores, torch_embed_fn, verify_metrics
+from faces.evaluate import EmbedFn, set_scores, sets_metrics, torch_embed_fn
 from faces.verification import roc_curve, save_roc_plot
 from pipelines.artifacts import atomic_write_json, load_model, save_model
 from pipelines.config import PipelineConfig
@@ -69,8 +69,43 @@ def count_params(model: nn.Module) -> int:
 
 def _roc_artifact(ctx: StageContext, curves: dict[str, Any], name: str = "roc.png") -> Path:
     path = ctx.stage_dir / name
-    save_roc_plot(curves, path, title=f"ROC on {ctx.data.eval_name}")
+    save_roc_plot(curves, path, title=f"ROC on {', '.join(ctx.data.eval_names)}")
     return path
+
+
+def _score_sets(
+    embed_fn: EmbedFn, data: DataContext
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Pair scores of every evaluation set (each image embedded once) and their metrics:
+    ``verify.<set>.*``, ``verify.mean.acc`` and the fixed-FAR accuracies if configured."""
+    scores = set_scores(embed_fn, data.eval_sets)
+    return scores, sets_metrics(scores, data.eval_sets, data.far_threshold)
+
+
+def _roc_curves(label: str, scores: dict[str, np.ndarray], data: DataContext) -> dict[str, Any]:
+    """ROC curves of one model, one per set (the label alone with a single set)."""
+    several = len(data.eval_sets) > 1
+    return {
+        f"{label} {s.name}" if several else label: roc_curve(scores[s.name], s.pairs[:, 2])[:2]
+        for s in data.eval_sets
+        if s.name in scores and len(scores[s.name]) == len(s.pairs)
+    }
+
+
+def _save_scores(path: Path, scores: dict[str, np.ndarray]) -> Path:
+    """Pair scores per set as one ``.npz``, written atomically."""
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **scores)
+    tmp.replace(path)  # atomic: a killed run never leaves a truncated file
+    return path
+
+
+def _load_scores(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Scores saved by :func:`_save_scores`, or a single-set ``.npy`` of an earlier run."""
+    loaded = np.load(path)
+    if isinstance(loaded, np.ndarray):
+        return {names[0]: loaded}
+    return {k: loaded[k] for k in loaded.files}
 
 
 class TeacherStage(Stage):
@@ -142,22 +177,17 @@ class TeacherStage(Stage):
             tmp.replace(head_path)
             extra_outputs["teacher_head"] = head_path  # its class centres, for distillation
         model.eval()
-        data = ctx.data
-        scores = pair_scores(torch_embed_fn(model), data.eval_images, data.eval_pairs)
-        labels = data.eval_pairs[:, 2]
+        scores, verify = _score_sets(torch_embed_fn(model), ctx.data)
         metrics = {
             **metrics,
-            **verify_metrics(scores, labels, data.eval_name),
+            **verify,
             "model.params": float(count_params(model)),
             "model.size_bytes": float(
                 sum(t.numel() * t.element_size() for t in model.state_dict().values())
             ),
         }
-        roc = _roc_artifact(ctx, {"teacher": roc_curve(scores, labels)[:2]})
-        scores_path = ctx.stage_dir / "teacher_scores.npy"
-        tmp = scores_path.with_name("teacher_scores.tmp.npy")
-        np.save(tmp, scores)
-        tmp.replace(scores_path)  # atomic: a killed run never leaves a truncated file
+        roc = _roc_artifact(ctx, _roc_curves("teacher", scores, ctx.data))
+        scores_path = _save_scores(ctx.stage_dir / "teacher_scores.npz", scores)
         return StageResult(
             {"teacher": out, "teacher_roc": roc, "teacher_scores": scores_path, **extra_outputs},
             metrics,
@@ -397,17 +427,10 @@ class EvaluateStage(Stage):
         )["latency_ms_p50"]
 
         data = ctx.data
-        labels = data.eval_pairs[:, 2]
-        scores = pair_scores(lce.embed, data.eval_images, data.eval_pairs)
-        verify = verify_metrics(scores, labels, data.eval_name)
-        t_scores = np.load(ctx.inputs["teacher_scores"])
-        roc = _roc_artifact(
-            ctx,
-            {
-                "student (LCE)": roc_curve(scores, labels)[:2],
-                "teacher": roc_curve(t_scores, labels)[:2],
-            },
-        )
+        scores, verify = _score_sets(lce.embed, data)
+        t_scores = _load_scores(ctx.inputs["teacher_scores"], data.eval_names)
+        curves = _roc_curves("student (LCE)", scores, data)
+        roc = _roc_artifact(ctx, {**curves, **_roc_curves("teacher", t_scores, data)})
         metrics = {
             **verify,
             "bench.latency_ms_p50": lce_speed["latency_ms_p50"],

@@ -16,10 +16,20 @@ def _size(n: float | None) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
-def acc_delta_pt(records: dict[str, dict[str, Any]], eval_name: str) -> float | None:
+def _names(eval_names: str | list[str]) -> list[str]:
+    return [eval_names] if isinstance(eval_names, str) else list(eval_names)
+
+
+def _headline(eval_names: str | list[str]) -> str:
+    """The accuracy that sums a run up: the only set's, or ``mean`` over several."""
+    names = _names(eval_names)
+    return names[0] if len(names) == 1 else "mean"
+
+
+def acc_delta_pt(records: dict[str, dict[str, Any]], eval_names: str | list[str]) -> float | None:
     """The exported LCE model's 10-fold accuracy minus PyTorch's on the same pairs, in points
-    (None until both the distill and evaluate stages have run)."""
-    key = f"verify.{eval_name}.acc"
+    (the mean accuracy with several sets; None until the distill and evaluate stages ran)."""
+    key = f"verify.{_headline(eval_names)}.acc"
     pytorch = records.get("distill", {}).get("metrics", {}).get(key)
     lce = records.get("evaluate", {}).get("metrics", {}).get(key)
     if pytorch is None or lce is None:
@@ -27,34 +37,42 @@ def acc_delta_pt(records: dict[str, dict[str, Any]], eval_name: str) -> float | 
     return 100 * (float(lce) - float(pytorch))
 
 
-def summary_table(records: dict[str, dict[str, Any]], eval_name: str) -> str:
-    """Teacher vs student rows from the stage records (works when stages were cached)."""
-    t = records.get("teacher", {}).get("metrics", {})
-    d = records.get("distill", {}).get("metrics", {})
-    x = records.get("export", {}).get("metrics", {})
-    e = records.get("evaluate", {}).get("metrics", {})
-    key = f"verify.{eval_name}"
+def _set_rows(names: list[str], columns: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """Accuracy rows, one per set (and the mean of several), then AUC / TAR / fixed-FAR."""
 
-    def acc(m: dict[str, Any]) -> str:
+    def acc(m: dict[str, Any], key: str) -> str:
         if f"{key}.acc" not in m:
             return "-"
         return f"{m[f'{key}.acc']:.4f} +- {m.get(f'{key}.acc_std', 0):.4f}"
 
+    def each(metric: str, spec: str) -> tuple[str, ...]:
+        return tuple(_fmt(m.get(metric), spec) for m in columns)
+
+    several = len(names) > 1
+    rows = [(f"{n} 10-fold acc", *(acc(m, f"verify.{n}") for m in columns)) for n in names]
+    if several:
+        rows.append(("mean acc", *each("verify.mean.acc", ".4f")))
+    for n in names:
+        prefix = f"{n} " if several else ""
+        rows.append((f"{prefix}ROC AUC", *each(f"verify.{n}.auc", ".4f")))
+        rows.append((f"{prefix}TAR @ FAR=1e-3", *each(f"verify.{n}.tar_far1e-3", ".4f")))
+    if any(f"verify.{names[0]}.acc_at_far" in m for m in columns):
+        for n in names:
+            rows.append((f"{n} acc @ fixed FAR thr", *each(f"verify.{n}.acc_at_far", ".4f")))
+    return rows
+
+
+def summary_table(records: dict[str, dict[str, Any]], eval_names: str | list[str]) -> str:
+    """Teacher vs student rows from the stage records (works when stages were cached); a row
+    per evaluation set."""
+    names = _names(eval_names)
+    t = records.get("teacher", {}).get("metrics", {})
+    d = records.get("distill", {}).get("metrics", {})
+    x = records.get("export", {}).get("metrics", {})
+    e = records.get("evaluate", {}).get("metrics", {})
     rows = [
         ("", "teacher", "student (PyTorch)", "student (LCE .tflite)"),
-        (f"{eval_name} 10-fold acc", acc(t), acc(d), acc(e)),
-        (
-            "ROC AUC",
-            _fmt(t.get(f"{key}.auc"), ".4f"),
-            _fmt(d.get(f"{key}.auc"), ".4f"),
-            _fmt(e.get(f"{key}.auc"), ".4f"),
-        ),
-        (
-            "TAR @ FAR=1e-3",
-            _fmt(t.get(f"{key}.tar_far1e-3"), ".4f"),
-            _fmt(d.get(f"{key}.tar_far1e-3"), ".4f"),
-            _fmt(e.get(f"{key}.tar_far1e-3"), ".4f"),
-        ),
+        *_set_rows(names, [t, d, e]),
         ("params", _fmt(t.get("model.params"), ",.0f"), _fmt(d.get("model.params"), ",.0f"), ""),
         (
             "size",
@@ -77,9 +95,14 @@ def summary_table(records: dict[str, dict[str, Any]], eval_name: str) -> str:
         ("speedup vs float", "", "", _fmt(e.get("bench.speedup_vs_float"), ".2f") + "x"),
         ("LceBconv2d coverage", "", "", _fmt(x.get("export.bconv_coverage"), ".2f")),
         ("cosine min PyTorch/LCE", "", "", _fmt(x.get("export.cosine_min"), ".5f")),
-        ("acc LCE - PyTorch (pt)", "", "", _fmt(acc_delta_pt(records, eval_name), "+.2f")),
+        ("acc LCE - PyTorch (pt)", "", "", _fmt(acc_delta_pt(records, names), "+.2f")),
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return _render(rows)
+
+
+def _render(rows: list[tuple[str, ...]]) -> str:
+    """Fixed-width columns, a rule under the header row."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for i, r in enumerate(rows):
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -106,7 +129,7 @@ def machine_description() -> str:
 
 
 def run_summary(
-    records: dict[str, dict[str, Any]], config: Any, eval_name: str
+    records: dict[str, dict[str, Any]], config: Any, eval_names: str | list[str]
 ) -> tuple[dict[str, str], dict[str, float]]:
     """Tags and metrics that make a pipeline's parent run a complete row for comparison.
 
@@ -125,7 +148,7 @@ def run_summary(
         "facekd.student_args": json.dumps(config.distill.args, sort_keys=True),
         "facekd.distill.method": method_name(losses, bool(config.distill.unlabelled)),
         "facekd.bits": "W1A1",
-        "facekd.eval_set": eval_name,
+        "facekd.eval_set": ",".join(_names(eval_names)),
         "facekd.data.train": str(config.data.train),
     }
     tags.update(config.pipeline.tags)
@@ -147,7 +170,7 @@ def run_summary(
         for key, value in records.get(stage, {}).get("metrics", {}).items():
             if key.startswith(("verify.", "bench.", "model.", "export.")):
                 metrics[key] = value
-    delta = acc_delta_pt(records, eval_name)
+    delta = acc_delta_pt(records, eval_names)
     if delta is not None:
         metrics["export.acc_delta_pt"] = delta
     return tags, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

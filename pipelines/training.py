@@ -149,7 +149,7 @@ def fit(
         num_workers=0,
     )
     verification = VerificationCallback(
-        data.eval_images, data.eval_pairs, data.eval_name, every=cfg.eval_every
+        data.eval_sets, every=cfg.eval_every, threshold=data.far_threshold
     )
     ckpt_dir = stage_dir / "checkpoints"
     for stale in ckpt_dir.glob(".*.tmp"):  # a write cut short by a killed process

@@ -200,3 +200,61 @@ def test_bad_reference_gives_exit_code_2(
     for extra, message in cases:
         assert _cli(["eval", str(files["artifact"]), *data, *extra]) == EXIT_BAD_INPUT, extra
         assert message in capsys.readouterr().err
+
+
+def test_several_sets_in_one_table(
+    files: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from eval_bench import make_bench
+
+    bench = make_bench(tmp_path / "bench")
+    model = str(files["artifact"])
+    data = [
+        *("--data", str(bench["bin"])),
+        *("--data", f"{bench['folder']},pairs={bench['csv']},name=cross"),
+        *("--data", f"{bench['lfw']},pairs={bench['pairs_txt']}"),
+        *("--data", f"{bench['folder']},name=folder"),
+    ]
+    report = _json_metrics(capsys, [model, *data, "--n-pairs", "20"])
+    m = report["metrics"]
+    names = ["people", "cross", "lfw", "folder"]
+    assert [s["set"] for s in report["sets"]] == names and report["set"] == ",".join(names)
+    assert [s["own_folds"] for s in report["sets"]] == [False, True, False, False]
+    assert m["verify.mean.acc"] == pytest.approx(np.mean([m[f"verify.{n}.acc"] for n in names]))
+    assert report["n_images"] <= 32  # people/, the .bin and the CSV share their 16 faces
+    alone = _json_metrics(
+        capsys, [model, "--data", str(bench["lfw"]), "--pairs", str(bench["pairs_txt"])]
+    )
+    assert alone["metrics"]["verify.lfw.acc"] == pytest.approx(m["verify.lfw.acc"])
+    csv_alone = _json_metrics(
+        capsys, [model, "--data", str(bench["folder"]), "--pairs", str(bench["csv"])]
+    )
+    assert csv_alone["set"] == "cross" and csv_alone["sets"][0]["own_folds"]
+    assert csv_alone["metrics"]["verify.cross.acc"] == pytest.approx(m["verify.cross.acc"])
+
+    argv = [
+        "eval",
+        model,
+        *data,
+        "--n-pairs",
+        "20",
+        "--threshold-from",
+        "people",
+        "--threshold-far",
+        "0.1",
+    ]
+    assert _cli(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[0] for line in out.splitlines() if line.split()[:1]]
+    assert all(name in rows for name in [*names, "mean"]) and "acc@FAR" in out
+    assert "folds from the file" in out and "verify.threshold_at_far" in out
+
+    bad = [
+        ([*data, "--pairs", str(bench["csv"])], "--pairs goes with a single --data"),
+        (["--data", f"{bench['folder']},pair={bench['csv']}"], "expected PATH[,pairs=FILE]"),
+        (["--data", str(bench["bin"]), "--data", str(bench["bin"])], "two verification sets"),
+        ([*data, "--n-pairs", "20", "--threshold-from", "nope"], "--threshold-from nope"),
+    ]
+    for extra, message in bad:
+        assert _cli(["eval", model, *extra]) == EXIT_BAD_INPUT, extra
+        assert message in capsys.readouterr().err

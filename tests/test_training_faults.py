@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from faces.callbacks import NonFiniteLossError, check_finite
+from faces.verification_sets import VerificationSet
 from pipelines.config import TrainConfig
 from pipelines.training import AtomicCheckpointIO, RNGStateCallback, fit
 
@@ -41,7 +42,8 @@ def _data(n: int = 16) -> tuple[TensorDataset, SimpleNamespace]:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 112, 112), dtype=torch.uint8, generator=g)
     pairs = np.array([[0, 1, 1], [2, 3, 0], [4, 5, 1], [6, 7, 0]] * 5, dtype=np.int64)
-    context = SimpleNamespace(eval_images=images[:8], eval_pairs=pairs, eval_name="probe")
+    probe = VerificationSet("probe", images[:8], pairs)
+    context = SimpleNamespace(eval_sets=[probe], far_threshold=None)
     return TensorDataset(images, torch.zeros(n, dtype=torch.long)), context
 
 

@@ -123,10 +123,11 @@ def test_bad_bin_files(tmp_path: Path) -> None:
 
 
 def _lfw_tree(root: Path) -> None:
-    for name, n in (("Ann_A", 3), ("Bob_B", 2), ("Cid_C", 1)):
+    for person, (name, n) in enumerate((("Ann_A", 3), ("Bob_B", 2), ("Cid_C", 1))):
         (root / name).mkdir(parents=True)
-        for k in range(1, n + 1):
-            Image.new("RGB", (112, 112), (k * 30, 0, 0)).save(root / name / f"{name}_{k:04d}.jpg")
+        for k in range(1, n + 1):  # distinct content: images are pooled by their bytes
+            colour = (k * 30, person * 60, 0)
+            Image.new("RGB", (112, 112), colour).save(root / name / f"{name}_{k:04d}.jpg")
 
 
 PAIR_LINES = [
