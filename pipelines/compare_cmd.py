@@ -36,13 +36,25 @@ class CompareRow:
     teacher_accuracy: dict[str, float] = field(default_factory=dict)
     pareto: bool = False
     experiment: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)  # every verify.* of the student
+    kind: str = "student"  # or "reference": a model one would deploy instead
+
+    @property
+    def mean_accuracy(self) -> float | None:
+        """``verify.mean.acc``, or the mean over the row's sets for runs logged before it."""
+        if "verify.mean.acc" in self.metrics:
+            return self.metrics["verify.mean.acc"]
+        return sum(self.accuracy.values()) / len(self.accuracy) if self.accuracy else None
 
 
 def _accuracies(metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """``{set: acc}`` of the ``<prefix>verify.<set>.acc`` keys (the mean is not a set)."""
     out = {}
     for key, value in metrics.items():
         if key.startswith(prefix + "verify.") and key.endswith(".acc"):
-            out[key[len(prefix) + len("verify.") : -len(".acc")]] = value
+            name = key[len(prefix) + len("verify.") : -len(".acc")]
+            if name != "mean":
+                out[name] = value
     return out
 
 
@@ -104,7 +116,13 @@ def row_from_run(
         accuracy=_accuracies(m),
         teacher_accuracy=_accuracies(m, "teacher."),
         experiment=experiment,
+        metrics={k: v for k, v in m.items() if k.startswith("verify.")},
     )
+
+
+def row_json(row: CompareRow) -> dict[str, Any]:
+    """A row as JSON, with its mean accuracy."""
+    return {**asdict(row), "mean_accuracy": row.mean_accuracy}
 
 
 def collect_rows(experiments: list[str]) -> list[CompareRow]:
@@ -154,11 +172,22 @@ def collect_rows(experiments: list[str]) -> list[CompareRow]:
     return rows
 
 
+DEFAULT_METRIC = "verify.mean.acc"
+
+
 def metric_value(row: CompareRow, metric: str) -> float | None:
-    """``verify.<set>.acc`` (or any ``verify.<set>.acc`` key the row holds), else None."""
-    if metric.startswith("verify.") and metric.endswith(".acc"):
+    """The row's ``verify.mean.acc`` (its sets' mean for older runs), ``verify.<set>.acc`` or
+    any other ``verify.<set>.<metric>`` it logged (``auc``, ``acc_at_far``, ...); else None."""
+    if not metric.startswith("verify.") or metric.count(".") < 2:
+        raise ConfigError(
+            f"--metric {metric}: expected verify.<set>.<metric>, e.g. {DEFAULT_METRIC}, "
+            "verify.lfw.acc or verify.lfw.acc_at_far"
+        )
+    if metric == DEFAULT_METRIC:
+        return row.mean_accuracy
+    if metric.endswith(".acc"):
         return row.accuracy.get(metric[len("verify.") : -len(".acc")])
-    raise ConfigError(f"--metric {metric}: expected verify.<set>.acc")
+    return row.metrics.get(metric)
 
 
 def mark_pareto(rows: list[CompareRow], metric: str) -> None:
@@ -175,15 +204,20 @@ def mark_pareto(rows: list[CompareRow], metric: str) -> None:
         )
 
 
-def default_metric(rows: list[CompareRow]) -> str:
-    """The evaluation set most rows share."""
+def set_columns(rows: list[CompareRow]) -> list[str]:
+    """The evaluation sets of the rows, those most rows share first."""
     counts: dict[str, int] = {}
     for row in rows:
         for name in row.accuracy:
             counts[name] = counts.get(name, 0) + 1
-    if not counts:
+    return sorted(counts, key=lambda k: (-counts[k], k))
+
+
+def default_metric(rows: list[CompareRow]) -> str:
+    """``verify.mean.acc``: the mean over each run's sets (a one-set run: that set's)."""
+    if not set_columns(rows):
         raise ConfigError("no run has a verify.<set>.acc metric to compare")
-    return f"verify.{max(counts, key=lambda k: (counts[k], k))}.acc"
+    return DEFAULT_METRIC
 
 
 def _num(value: float | None, scale: float = 1.0, spec: str = ".2f") -> str:
@@ -191,7 +225,11 @@ def _num(value: float | None, scale: float = 1.0, spec: str = ".2f") -> str:
 
 
 def format_table(rows: list[CompareRow], metric: str) -> str:
-    """A fixed-width table, best first; ``*`` marks the Pareto front."""
+    """A fixed-width table, best first; ``*`` marks the Pareto front. A column per evaluation
+    set, their mean, and ``metric`` when it is neither."""
+    sets = set_columns(rows)
+    accuracy_columns = [f"verify.{name}.acc" for name in sets] + [DEFAULT_METRIC]
+    extra = [] if metric in accuracy_columns else [metric]
     header = (
         "P",
         "run",
@@ -204,7 +242,9 @@ def format_table(rows: list[CompareRow], metric: str) -> str:
         "1-bit MACs M",
         "32-bit MACs M",
         "size MB",
-        metric,
+        *sets,
+        "mean acc",
+        *extra,
         "latency ms",
         "FPS",
         "speedup",
@@ -224,7 +264,7 @@ def format_table(rows: list[CompareRow], metric: str) -> str:
                 _num(r.binary_macs, 1e6, ".1f"),
                 _num(r.float_macs, 1e6, ".1f"),
                 _num(r.size_bytes, 1e6),
-                _num(metric_value(r, metric), 1.0, ".4f"),
+                *(_num(metric_value(r, key), 1.0, ".4f") for key in accuracy_columns + extra),
                 _num(r.latency_ms),
                 _num(r.fps, 1.0, ".0f"),
                 _num(r.speedup, 1.0, ".2f") + ("x" if r.speedup else ""),
@@ -313,7 +353,7 @@ def compare(
             table = Path(tmp) / "comparison.txt"
             table.write_text(format_table(rows, metric) + "\n")
             data = Path(tmp) / "comparison.json"
-            data.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+            data.write_text(json.dumps([row_json(r) for r in rows], indent=2))
             for p in (table, data, output):
                 mlflow.log_artifact(str(p))
             mlflow.log_param("metric", metric)
@@ -325,10 +365,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     experiments = args.experiment or ["facekd"]
     rows, metric = compare(experiments, args.metric, Path(args.output), not args.no_log)
     if args.json:
-        print(json.dumps({"metric": metric, "rows": [asdict(r) for r in rows]}, indent=2))
+        print(json.dumps({"metric": metric, "rows": [row_json(r) for r in rows]}, indent=2))
     else:
         print(format_table(rows, metric))
-        print(f"\n* = on the accuracy-vs-FPS Pareto front; figure: {args.output}")
+        print(
+            f"\nsorted by {metric}; * = on the {metric}-vs-FPS Pareto front; figure: {args.output}"
+        )
     return 0
 
 
@@ -340,7 +382,11 @@ def add_compare_parser(sub: Any) -> None:
         metavar="NAME",
         help="MLflow experiment (repeatable; default: facekd)",
     )
-    p.add_argument("--metric", help="accuracy to sort by, verify.<set>.acc (default: most common)")
+    p.add_argument(
+        "--metric",
+        help="what to sort by and plot: verify.mean.acc (default), verify.<set>.acc or any "
+        "verify.<set>.<metric> (auc, tar_far1e-3, acc_at_far)",
+    )
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--output", default="pareto.png", help="where to write the figure")
     p.add_argument("--no-log", action="store_true", help="do not log the comparison to MLflow")

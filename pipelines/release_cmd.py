@@ -66,18 +66,36 @@ def model_card(
 ) -> str:
     """The release's model card: what goes in, what comes out, how good, how fast, limits."""
     tags, m = run.data.tags, run.data.metrics
+    order = tags.get("facekd.eval_set", "").split(",")
     sets = sorted(
-        k[len("verify.") : -len(".acc")]
-        for k in m
-        if k.startswith("verify.") and k.endswith(".acc")
+        (
+            k[len("verify.") : -len(".acc")]
+            for k in m
+            if k.startswith("verify.") and k.endswith(".acc") and k != "verify.mean.acc"
+        ),
+        key=lambda name: (order.index(name) if name in order else len(order), name),
     )
     acc_rows = "\n".join(
         f"| {s} | {_fmt(m.get(f'verify.{s}.acc'), '.4f')} +- "
         f"{_fmt(m.get(f'verify.{s}.acc_std'), '.4f')} | {_fmt(m.get(f'verify.{s}.auc'), '.4f')} "
         f"| {_fmt(m.get(f'verify.{s}.tar_far1e-3'), '.4f')} "
+        f"| {_fmt(m.get(f'verify.{s}.acc_at_far'), '.4f')} "
         f"| {_fmt(m.get(f'pytorch.verify.{s}.acc'), '.4f')} "
         f"| {_fmt(m.get(f'teacher.verify.{s}.acc'), '.4f')} |"
         for s in sets
+    )
+    if len(sets) > 1:
+        acc_rows += (
+            f"\n| mean | {_fmt(m.get('verify.mean.acc'), '.4f')} | | | "
+            f"| {_fmt(m.get('pytorch.verify.mean.acc'), '.4f')} "
+            f"| {_fmt(m.get('teacher.verify.mean.acc'), '.4f')} |"
+        )
+    threshold = m.get("verify.threshold_at_far")
+    threshold_note = (
+        ""
+        if threshold is None
+        else f"\nFixed threshold: cosine >= {threshold:.4f}, chosen on one set for a false "
+        "accept rate (`data.threshold_from`, `data.threshold_far`), kept for every set.\n"
     )
     coverage = m.get("export.bconv_coverage")
     return f"""# {name} {version}
@@ -103,10 +121,10 @@ LceBconv2d coverage {_fmt(coverage, ".2f")} ({report.get("converter", "?")} conv
 - MLflow pyfunc: uint8 `(N, 112, 112, 3)` -> float32 `(N, {embedding_size})`
 
 ## Verification accuracy (10-fold, LCE `.tflite`)
-| set | accuracy | ROC AUC | TAR@FAR=1e-3 | PyTorch student | teacher |
-|---|---|---|---|---|---|
+| set | accuracy | ROC AUC | TAR@FAR=1e-3 | acc at fixed threshold | PyTorch student | teacher |
+|---|---|---|---|---|---|---|
 {acc_rows}
-
+{threshold_note}
 ## Speed (batch 1, {_fmt(m.get("bench.threads"), ".0f")} thread)
 measured on: {tags.get("facekd.bench_machine", "unknown machine")}
 

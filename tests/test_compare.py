@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from pipelines.compare_cmd import (
     CompareRow,
     format_table,
@@ -12,6 +14,7 @@ from pipelines.compare_cmd import (
     plot_pareto,
     row_from_run,
 )
+from pipelines.config import ConfigError
 
 
 def _row(run_id: str, acc: float | None, fps: float | None) -> CompareRow:
@@ -87,3 +90,34 @@ def test_row_from_a_summary_or_rebuilt_from_stage_runs() -> None:
     assert (row.teacher, row.student, row.method) == ("m", "birealface", "cosine")
     assert row.params == 2e6 and row.fps == 250.0 and row.teacher_accuracy == {"lfw": 0.97}
     assert row_from_run(old, children=children[:2]) is None  # never evaluated: no row
+
+
+def test_a_column_per_set_and_any_metric(tmp_path: Path) -> None:
+    from pipelines.compare_cmd import default_metric, metric_value
+
+    sets = {"verify.lfw.acc": 0.9, "verify.cfp_fp.acc": 0.7, "verify.agedb_30.acc": 0.8}
+    new = _row("new", None, 300)
+    new.accuracy = {k.split(".")[1]: v for k, v in sets.items()}
+    new.metrics = {**sets, "verify.mean.acc": 0.8, "verify.lfw.acc_at_far": 0.85}
+    old = _row("old", 0.95, 100)  # one set, logged before verify.mean.acc existed
+    old.metrics = {"verify.lfw.acc": 0.95}
+    rows = [new, old]
+    assert default_metric(rows) == "verify.mean.acc"
+    assert (
+        metric_value(old, "verify.mean.acc") == 0.95 and metric_value(new, "verify.mean.acc") == 0.8
+    )
+    assert metric_value(new, "verify.lfw.acc_at_far") == 0.85
+    assert metric_value(old, "verify.cfp_fp.acc") is None
+    with pytest.raises(ConfigError, match="--metric fps: expected verify.<set>.<metric>"):
+        metric_value(new, "fps")
+    mark_pareto(rows, "verify.mean.acc")
+    assert new.pareto and old.pareto  # faster vs more accurate
+    table = format_table(rows, "verify.lfw.acc_at_far")
+    header = table.splitlines()[0].split()
+    assert header.index("lfw") < header.index("mean") and "verify.lfw.acc_at_far" in header
+    assert {"cfp_fp", "agedb_30"} <= set(header)
+    new_line = next(line for line in table.splitlines() if line.split()[1] == "new")
+    assert "0.7000" in new_line and "0.8500" in new_line
+    mark_pareto(rows, "verify.cfp_fp.acc")  # the old run has no such set: off the plot
+    assert new.pareto and not old.pareto
+    assert plot_pareto(rows, "verify.cfp_fp.acc", tmp_path / "cfp.png").stat().st_size > 5_000
