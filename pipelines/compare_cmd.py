@@ -88,15 +88,60 @@ def summary_from_children(children: list[Any]) -> tuple[dict[str, str], dict[str
     return tags, metrics
 
 
+def _summary(run: Any, children: list[Any] | None) -> tuple[dict[str, str], dict[str, float]]:
+    """Tags and metrics of a pipeline run, rebuilt from its stages when it has no summary."""
+    tags, m = run.data.tags, run.data.metrics
+    if tags.get("facekd.summary") != "1" and children:
+        extra_tags, extra_metrics = summary_from_children(children)
+        tags, m = {**tags, **extra_tags}, {**m, **extra_metrics}
+    return tags, m
+
+
+REFERENCE_BITS = {"teacher_float": "fp32", "teacher_int8": "int8"}
+
+
+def reference_rows(
+    run: Any, experiment: str = "", children: list[Any] | None = None
+) -> list[CompareRow]:
+    """Rows of the models one would deploy instead (the teacher as float and int8 TFLite)
+    that a run's evaluate stage measured (``reference.<name>.*``)."""
+    tags, m = _summary(run, children)
+    rows = []
+    for name, bits in REFERENCE_BITS.items():
+        prefix = f"reference.{name}."
+        own = {k[len(prefix) :]: v for k, v in m.items() if k.startswith(prefix)}
+        if "bench.fps" not in own:
+            continue
+        rows.append(
+            CompareRow(
+                run_id=run.info.run_id,
+                pipeline=tags.get("facekd.pipeline", run.info.run_name or ""),
+                teacher=tags.get("facekd.teacher", "?"),
+                student=name,
+                method="reference",
+                bits=bits,
+                params=m.get("teacher.model.params"),
+                binary_macs=None,
+                float_macs=None,
+                size_bytes=own.get("model.size_bytes"),
+                latency_ms=own.get("bench.latency_ms_p50"),
+                fps=own["bench.fps"],
+                speedup=None,
+                accuracy=_accuracies(own),
+                experiment=experiment,
+                metrics={k: v for k, v in own.items() if k.startswith("verify.")},
+                kind="reference",
+            )
+        )
+    return rows
+
+
 def row_from_run(
     run: Any, experiment: str = "", children: list[Any] | None = None
 ) -> CompareRow | None:
     """A comparison row from a pipeline's parent run (``facekd.summary`` tag) or, for runs
     logged before parent summaries existed, from its ``children`` stage runs; else None."""
-    tags, m = run.data.tags, run.data.metrics
-    if tags.get("facekd.summary") != "1" and children:
-        extra_tags, extra_metrics = summary_from_children(children)
-        tags, m = {**tags, **extra_tags}, {**m, **extra_metrics}
+    tags, m = _summary(run, children)
     if tags.get("facekd.summary") != "1" or "bench.fps" not in m:
         return None
     return CompareRow(
@@ -133,6 +178,7 @@ def collect_rows(experiments: list[str]) -> list[CompareRow]:
 
     mlflow.set_tracking_uri(tracking_uri())
     rows: list[CompareRow] = []
+    references: dict[tuple[Any, ...], CompareRow] = {}  # the latest measurement of each
     for name in experiments:
         try:
             exp = mlflow.get_experiment_by_name(name)
@@ -169,7 +215,13 @@ def collect_rows(experiments: list[str]) -> list[CompareRow]:
             row = row_from_run(run, name, own)
             if row is not None:
                 rows.append(row)
-    return rows
+                references.update({_reference_key(r): r for r in reference_rows(run, name, own)})
+    return rows + list(references.values())
+
+
+def _reference_key(row: CompareRow) -> tuple[Any, ...]:
+    """One reference row per teacher, precision and accuracies (pipelines share teachers)."""
+    return (row.teacher, row.bits, tuple(sorted((k, round(v, 6)) for k, v in row.accuracy.items())))
 
 
 DEFAULT_METRIC = "verify.mean.acc"
@@ -253,7 +305,7 @@ def format_table(rows: list[CompareRow], metric: str) -> str:
     for r in rows:
         lines.append(
             (
-                "*" if r.pareto else "",
+                ("*" if r.pareto else "") + ("R" if r.kind == "reference" else ""),
                 r.run_id[:8],
                 r.pipeline,
                 r.teacher,
@@ -299,19 +351,33 @@ def plot_pareto(rows: list[CompareRow], metric: str, path: Path) -> Path:
             c="tab:red",
             label="Pareto front",
         )
+    refs = [(r, a, f) for r, a, f in points if r.kind == "reference"]
+    if refs:  # what one would deploy instead: the teacher as float / int8 TFLite
+        ax.scatter(
+            [f for _, _, f in refs],
+            [a for _, a, _ in refs],
+            marker="s",
+            s=70,
+            facecolors="none",
+            edgecolors="tab:blue",
+            label="reference (teacher TFLite)",
+            zorder=3,
+        )
     offsets = [(8, 8), (8, -22), (-90, 8), (-90, -22)]  # staggered: close points stay legible
     for i, (r, a, f) in enumerate(sorted(points, key=lambda p: (p[2], p[1]))):
         ax.annotate(
-            f"{r.student} ({r.method})\n{r.run_id[:8]}",
+            f"{r.teacher} {r.bits} TFLite"
+            if r.kind == "reference"
+            else f"{r.student} ({r.method})\n{r.run_id[:8]}",
             (f, a),
             textcoords="offset points",
             xytext=offsets[i % len(offsets)],
             fontsize=8,
             arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6},
         )
-    ax.set_xlabel("student FPS (LCE interpreter, batch 1)")
+    ax.set_xlabel("FPS (batch 1: students in the LCE interpreter, references on XNNPACK)")
     ax.set_ylabel(f"{metric} (10-fold)")
-    ax.set_title("Accuracy vs speed of exported students")
+    ax.set_title("Accuracy vs speed of exported students and reference models")
     ax.grid(alpha=0.3)
     if points:
         ax.legend(loc="lower left")
@@ -369,7 +435,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         print(format_table(rows, metric))
         print(
-            f"\nsorted by {metric}; * = on the {metric}-vs-FPS Pareto front; figure: {args.output}"
+            f"\nsorted by {metric}; * = on its Pareto front with FPS; R = reference model (the "
+            f"teacher as float / int8 TFLite); figure: {args.output}"
         )
     return 0
 

@@ -194,10 +194,14 @@ class ExportConfig(Section):
 
 
 class EvaluateConfig(Section):
+    """Timing of the exported student (batch 1); ``teacher_tflite``: also the teacher as float
+    and int8 TFLite (accuracy on every set, latency, size) as reference rows."""
+
     runs: int = Field(50, ge=1)
     warmup: int = Field(10, ge=0)
     threads: int = Field(1, ge=1)
     instances: int = Field(3, ge=1)
+    teacher_tflite: bool = True
 
 
 class PipelineConfig(Section):

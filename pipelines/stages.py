@@ -22,6 +22,7 @@ from faces.verification import roc_curve, save_roc_plot
 from pipelines.artifacts import atomic_write_json, load_model, save_model
 from pipelines.config import PipelineConfig
 from pipelines.data import DataContext
+from pipelines.reference_models import REFERENCES
 from pipelines.tracking import StageRun
 from teachers.checkpoint import load_checkpoint_into, sha256_file
 
@@ -415,8 +416,14 @@ class EvaluateStage(Stage):
             "warmup": cfg.warmup,
             "instances": cfg.instances,
         }
+        references = _reference_flatbuffers(ctx) if cfg.teacher_tflite else {}
         speeds = measure_latencies(  # in turns: the speedup compares like with like
-            {"lce": (lce_fb, {"binary": True}), "float": (float_fb, {"binary": False})}, **timing
+            {
+                "lce": (lce_fb, {"binary": True}),
+                "float": (float_fb, {"binary": False}),
+                **{name: (fb, {"binary": False}) for name, fb in references.items()},
+            },
+            **timing,
         )
         lce_speed, float_speed = speeds["lce"], speeds["float"]
 
@@ -447,6 +454,17 @@ class EvaluateStage(Stage):
             "model.float_size_bytes": float(len(float_fb)),
             "model.teacher_onnx_bytes": float(teacher_onnx.stat().st_size),
         }
+        outputs: dict[str, Path] = {}
+        for name, fb in references.items():
+            runner = TFLiteRunner(fb, threads=cfg.threads, binary=False)
+            _, ref_verify = _score_sets(runner.embed, data)
+            prefix = f"reference.{name}."
+            metrics.update({prefix + k: v for k, v in ref_verify.items()})
+            metrics[prefix + "bench.latency_ms_p50"] = speeds[name]["latency_ms_p50"]
+            metrics[prefix + "bench.fps"] = speeds[name]["fps"]
+            metrics[prefix + "model.size_bytes"] = float(len(fb))
+            outputs[name] = ctx.stage_dir / f"{name}.tflite"
+            outputs[name].write_bytes(fb)
         out = ctx.stage_dir / "evaluation.json"
         atomic_write_json(
             out,
@@ -456,10 +474,33 @@ class EvaluateStage(Stage):
                     "student": "LCE interpreter, indirect BGEMM",
                     "float_twin": "TFLite + XNNPACK",
                     "teacher": "ONNX Runtime",
+                    **{name: REFERENCES[name] for name in references},
                 },
             },
         )
-        return StageResult({"evaluation": out, "roc": roc, "teacher_onnx": teacher_onnx}, metrics)
+        outputs.update({"evaluation": out, "roc": roc, "teacher_onnx": teacher_onnx})
+        return StageResult(outputs, metrics)
+
+
+def _reference_flatbuffers(ctx: StageContext) -> dict[str, bytes]:
+    """The teacher as float and int8 TFLite (cached beside the teacher), calibrated on the
+    training faces the export stage saved; {} with a warning when a conversion fails."""
+    from pipelines.bench_cmd import load_calibration
+    from pipelines.reference_models import teacher_references
+
+    calibration = load_calibration(Path(ctx.inputs["lce_tflite"]).parent, None)
+    if calibration is None:
+        _save_calibration_faces(ctx)
+        calibration = load_calibration(ctx.stage_dir, None)
+    teacher = Path(ctx.inputs["teacher"])
+    try:
+        paths = teacher_references(
+            teacher, sha256_file(teacher), calibration, ctx.config.export.converter
+        )
+    except Exception as exc:  # noqa: BLE001 - a converter failing on a teacher is not fatal
+        print(f"warning: no teacher TFLite reference rows: the conversion failed: {exc}")
+        return {}
+    return {name: path.read_bytes() for name, path in paths.items()}
 
 
 STAGES: dict[str, Stage] = {

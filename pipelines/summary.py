@@ -70,34 +70,63 @@ def summary_table(records: dict[str, dict[str, Any]], eval_names: str | list[str
     d = records.get("distill", {}).get("metrics", {})
     x = records.get("export", {}).get("metrics", {})
     e = records.get("evaluate", {}).get("metrics", {})
+    refs = reference_metrics(e)
+    blank = ("",) * len(refs)
     rows = [
-        ("", "teacher", "student (PyTorch)", "student (LCE .tflite)"),
-        *_set_rows(names, [t, d, e]),
-        ("params", _fmt(t.get("model.params"), ",.0f"), _fmt(d.get("model.params"), ",.0f"), ""),
+        ("", "teacher", "student (PyTorch)", "student (LCE .tflite)", *refs),
+        *_set_rows(names, [t, d, e, *refs.values()]),
+        (
+            "params",
+            _fmt(t.get("model.params"), ",.0f"),
+            _fmt(d.get("model.params"), ",.0f"),
+            "",
+            *blank,
+        ),
         (
             "size",
             _size(t.get("model.size_bytes")) + " (fp32)",
             "",
             _size(x.get("model.size_bytes") or e.get("model.size_bytes")),
+            *(_size(m.get("model.size_bytes")) for m in refs.values()),
         ),
         (
             "latency p50, 1 thread",
             _fmt(e.get("bench.teacher_latency_ms_p50"), ".2f") + " ms (ONNX Runtime)",
             "",
             _fmt(e.get("bench.latency_ms_p50"), ".2f") + " ms (LCE)",
+            *(_fmt(m.get("bench.latency_ms_p50"), ".2f") + " ms (XNNPACK)" for m in refs.values()),
         ),
         (
             "float twin latency",
             "",
             "",
             _fmt(e.get("bench.float_latency_ms_p50"), ".2f") + " ms (TFLite)",
+            *blank,
         ),
-        ("speedup vs float", "", "", _fmt(e.get("bench.speedup_vs_float"), ".2f") + "x"),
-        ("LceBconv2d coverage", "", "", _fmt(x.get("export.bconv_coverage"), ".2f")),
-        ("cosine min PyTorch/LCE", "", "", _fmt(x.get("export.cosine_min"), ".5f")),
-        ("acc LCE - PyTorch (pt)", "", "", _fmt(acc_delta_pt(records, names), "+.2f")),
+        ("speedup vs float", "", "", _fmt(e.get("bench.speedup_vs_float"), ".2f") + "x", *blank),
+        ("LceBconv2d coverage", "", "", _fmt(x.get("export.bconv_coverage"), ".2f"), *blank),
+        ("cosine min PyTorch/LCE", "", "", _fmt(x.get("export.cosine_min"), ".5f"), *blank),
+        ("acc LCE - PyTorch (pt)", "", "", _fmt(acc_delta_pt(records, names), "+.2f"), *blank),
     ]
     return _render(rows)
+
+
+REFERENCE_COLUMNS = {
+    "teacher_float": "teacher (TFLite fp32)",
+    "teacher_int8": "teacher (TFLite int8)",
+}
+
+
+def reference_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{column title: metrics}`` of the reference models (``reference.<name>.<key>``) that
+    the evaluate stage measured, their prefix removed."""
+    out = {}
+    for name, title in REFERENCE_COLUMNS.items():
+        prefix = f"reference.{name}."
+        found = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+        if found:
+            out[title] = found
+    return out
 
 
 def _render(rows: list[tuple[str, ...]]) -> str:
@@ -168,7 +197,7 @@ def run_summary(
             metrics[key] = value
     for stage in ("export", "evaluate"):
         for key, value in records.get(stage, {}).get("metrics", {}).items():
-            if key.startswith(("verify.", "bench.", "model.", "export.")):
+            if key.startswith(("verify.", "bench.", "model.", "export.", "reference.")):
                 metrics[key] = value
     delta = acc_delta_pt(records, eval_names)
     if delta is not None:

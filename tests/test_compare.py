@@ -121,3 +121,36 @@ def test_a_column_per_set_and_any_metric(tmp_path: Path) -> None:
     mark_pareto(rows, "verify.cfp_fp.acc")  # the old run has no such set: off the plot
     assert new.pareto and not old.pareto
     assert plot_pareto(rows, "verify.cfp_fp.acc", tmp_path / "cfp.png").stat().st_size > 5_000
+
+
+def test_reference_rows_of_the_teacher_tflites(tmp_path: Path) -> None:
+    from pipelines.compare_cmd import reference_rows
+
+    metrics = {
+        "bench.fps": 300.0,
+        "verify.lfw.acc": 0.9,
+        "teacher.model.params": 1e6,
+        "reference.teacher_int8.verify.lfw.acc": 0.97,
+        "reference.teacher_int8.verify.mean.acc": 0.97,
+        "reference.teacher_int8.bench.fps": 150.0,
+        "reference.teacher_int8.bench.latency_ms_p50": 6.7,
+        "reference.teacher_int8.model.size_bytes": 1e6,
+        "reference.teacher_float.verify.lfw.acc": 0.96,
+        "reference.teacher_float.bench.fps": 50.0,
+    }
+    tags = {"facekd.summary": "1", "facekd.teacher": "mobilefacenet", "facekd.student": "s"}
+    refs = reference_rows(_run("p1", tags, metrics))
+    assert [(r.student, r.bits, r.kind) for r in refs] == [
+        ("teacher_float", "fp32", "reference"),
+        ("teacher_int8", "int8", "reference"),
+    ]
+    int8 = refs[1]
+    assert int8.accuracy == {"lfw": 0.97} and int8.fps == 150.0 and int8.params == 1e6
+    assert int8.mean_accuracy == 0.97 and int8.size_bytes == 1e6
+    student = row_from_run(_run("p1", tags, metrics))
+    rows = [student, *refs]
+    mark_pareto(rows, "verify.mean.acc")
+    assert [r.pareto for r in rows] == [True, False, True]  # float: slower and less accurate
+    table = format_table(rows, "verify.mean.acc")
+    assert sum(line.startswith(("R", "*R")) for line in table.splitlines()) == 2
+    assert plot_pareto(rows, "verify.mean.acc", tmp_path / "p.png").stat().st_size > 5_000

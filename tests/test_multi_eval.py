@@ -159,6 +159,7 @@ def test_pipeline_scores_every_set(tmp_path: Path, bench: dict[str, Path], monke
     out = capsys.readouterr().out
     for row in ("people_bin 10-fold acc", "cross 10-fold acc", "lfw 10-fold acc", "mean acc"):
         assert row in out
+    assert "teacher (TFLite fp32)" in out and "teacher (TFLite int8)" in out
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
@@ -175,7 +176,27 @@ def test_pipeline_scores_every_set(tmp_path: Path, bench: dict[str, Path], monke
             assert f"verify.{name}.acc_at_far" in m
         mean = np.mean([m[f"verify.{n}.acc"] for n in ("people_bin", "cross", "lfw")])
         assert m["verify.mean.acc"] == pytest.approx(mean)
+    e = stages["evaluate"]
+    for ref in ("teacher_float", "teacher_int8"):  # reference rows: accuracy, speed, size
+        for name in ("people_bin", "cross", "lfw", "mean"):
+            assert 0.0 <= e[f"reference.{ref}.verify.{name}.acc"] <= 1.0
+        assert e[f"reference.{ref}.bench.fps"] > 0 and e[f"reference.{ref}.model.size_bytes"] > 0
+    assert (
+        e["reference.teacher_int8.model.size_bytes"] < e["reference.teacher_float.model.size_bytes"]
+    )
+    # the float TFLite teacher scores as the PyTorch teacher does, on every set
+    t = stages["teacher"]
+    for name in ("people_bin", "cross", "lfw"):
+        assert e[f"reference.teacher_float.verify.{name}.acc"] == pytest.approx(
+            t[f"verify.{name}.acc"], abs=0.051
+        )
     assert parent.data.tags["facekd.eval_set"] == "people_bin,cross,lfw"
+    assert "reference.teacher_int8.verify.mean.acc" in parent.data.metrics
+    from pipelines.compare_cmd import compare
+
+    rows, metric = compare(["facekd-multi"], None, tmp_path / "pareto.png", log_to_mlflow=False)
+    assert metric == "verify.mean.acc"
+    assert [r.kind for r in rows].count("reference") == 2 and len(rows) == 3
     assert "teacher.verify.mean.acc" in parent.data.metrics
     assert "pytorch.verify.lfw.acc" in parent.data.metrics
     assert "export.acc_delta_pt" in parent.data.metrics
