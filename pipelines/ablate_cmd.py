@@ -130,10 +130,12 @@ def run_ablation(
     log: Any = print,
 ) -> list[dict[str, Any]]:
     """Run every variant; returns one result row per variant (also written as JSON/Markdown)."""
+    from pipelines import logs
     from pipelines.orchestrator import Orchestrator
 
     variants = expand_ablation(path, overrides, only)
     base_out = variants[0].config.output_dir().parent
+    logs.to_folder(base_out)  # the variants' library logs: <base>/facekd.log
     shared_data: dict[str, Any] = {}
     rows = []
     for v in variants:

@@ -17,14 +17,16 @@ class TrackingError(RuntimeError):
     """The tracking server or store cannot be used."""
 
 
-def tracking_uri() -> str:
+def tracking_uri(create: bool = True) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the embedded ``mlruns/mlflow.db`` (SQLite) of the
     current folder, as an absolute path: MLflow caches one store per URI string, so a relative
-    URI would keep writing to the first folder's database after a change of folder."""
+    URI would keep writing to the first folder's database after a change of folder.
+    ``create``: make the ``mlruns`` folder when it is missing."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    DEFAULT_STORE.mkdir(exist_ok=True)
+    if create:
+        DEFAULT_STORE.mkdir(exist_ok=True)
     return f"sqlite:///{(DEFAULT_STORE / 'mlflow.db').resolve()}"
 
 

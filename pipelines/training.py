@@ -18,6 +18,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from faces.callbacks import MetricsCallback, MetricSink, VerificationCallback
+from faces.progress import on_terminal, progress_callbacks
 from pipelines.config import TrainConfig
 from pipelines.data import DataContext
 
@@ -172,8 +173,9 @@ def fit(
         gradient_clip_val=cfg.grad_clip,
         logger=False,
         enable_model_summary=False,
-        enable_progress_bar=os.isatty(2),
+        enable_progress_bar=on_terminal(),
         callbacks=[
+            *progress_callbacks(stage_dir.name, max_minutes=cfg.max_minutes),
             *_schedule_callbacks(cfg),
             verification,
             MetricsCallback(sink, [verification]),
