@@ -35,7 +35,6 @@ import mmap
 import os
 import struct
 import sys
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -255,11 +254,13 @@ class RecordIOFaces(Dataset):
         if len(identity_keys) and not np.isin(identity_keys, self._sorted_keys).any():
             # only the header was written (MXFaceDataset never reads identity records): every
             # image record carries its class; some present and some absent stays an error
-            warnings.warn(
-                f"RecordIO index {self.idx_path} lacks all {len(identity_keys)} identity "
-                f"records (keys {start}..{end - 1}) that header record 0 announces; labels "
-                "are read from the image records instead",
-                stacklevel=3,
+            # on standard output, like facekd's other data warnings (Python warnings go to
+            # the log file of a quiet terminal)
+            print(
+                f"warning: RecordIO index {self.idx_path} lacks all {len(identity_keys)} "
+                f"identity records (keys {start}..{end - 1}) that header record 0 announces; "
+                "labels are read from the image records instead",
+                flush=True,
             )
             return np.array(
                 [_class_label(self.read_header(int(k))) for k in self.keys], dtype=np.int64

@@ -235,14 +235,18 @@ def test_pack_cli_from_image_folder(tmp_path: Path) -> None:
     assert [int(ds[i][0][0, 50, 50]) for i in range(3)] == pytest.approx([20, 40, 60], abs=3)
 
 
-def test_header_without_identity_records_reads_image_labels(tmp_path: Path, recset: Path) -> None:
+def test_header_without_identity_records_reads_image_labels(
+    tmp_path: Path, recset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Written by tools that set only the header: labels come from the image records."""
     root = _copy(recset, tmp_path / "headeronly")
     lines = (root / "train.idx").read_text().splitlines()
     images_and_header = [line for line in lines if int(line.split("\t")[0]) < 10]
     (root / "train.idx").write_text("\n".join(images_and_header) + "\n")
-    with pytest.warns(UserWarning, match=r"lacks all 3 identity records .*image records"):
-        ds = RecordIOFaces(root)
+    ds = RecordIOFaces(root)
+    warning = capsys.readouterr().out
+    assert warning.startswith("warning: RecordIO index") and str(root / "train.idx") in warning
+    assert "lacks all 3 identity records (keys 10..12)" in warning and "image records" in warning
     assert ds.header0 == (10, 13) and ds.labels.tolist() == LABELS
     assert len(ds) == len(LABELS) and ds.identity_ranges == []
     # some identity records present and others absent: still broken
