@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -46,36 +43,6 @@ def teacher_embeddings(
     return torch.cat(out)
 
 
-def cached_teacher_embeddings(
-    teacher: nn.Module, images: torch.Tensor, cache: Path, teacher_key: str
-) -> torch.Tensor:
-    """:func:`teacher_embeddings`, kept in the file ``cache`` for the same teacher and images.
-
-    ``teacher_key`` identifies the teacher's weights (e.g. its artifact's sha256); the images
-    are hashed. A resumed or repeated distillation skips the teacher pass entirely. When
-    ``cache`` is a folder, the file in it is named by that key, so that runs with other
-    images (or several runs of an ablation) share the folder.
-    """
-    h = hashlib.sha256(teacher_key.encode())
-    h.update(str(tuple(images.shape)).encode())
-    h.update(images.contiguous().numpy().tobytes())
-    key = h.hexdigest()
-    if cache.is_dir():
-        cache = cache / f"{key[:32]}.pt"
-    if cache.is_file():
-        try:
-            stored = torch.load(cache, map_location="cpu", weights_only=True)
-            if stored.get("key") == key:
-                return stored["embeddings"]
-        except Exception:  # noqa: BLE001 - an unreadable cache is recomputed
-            pass
-    embeddings = teacher_embeddings(teacher, images)
-    tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp")
-    torch.save({"key": key, "embeddings": embeddings}, tmp)
-    os.replace(tmp, cache)
-    return embeddings
-
-
 def class_centres(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -112,6 +79,44 @@ def class_centres(
     return centres, spread
 
 
+def class_centres_of_map(
+    targets: Any,
+    labels: torch.Tensor,
+    num_classes: int,
+    head_weight: torch.Tensor | None = None,
+    chunk: int = 32768,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`class_centres` of the first ``len(labels)`` rows of a target map, read in
+    chunks: memory holds the centres, never all embeddings (MS1M: 10 GB of them)."""
+    n, dim = len(labels), targets.dim
+    labels = labels.long()
+
+    def chunks() -> Any:
+        for start in range(0, n, chunk):
+            e = F.normalize(targets.rows(start, min(n, start + chunk)), dim=-1)
+            views = e.shape[1]
+            yield e.reshape(-1, dim), labels[start : start + chunk].repeat_interleave(views)
+
+    sums = torch.zeros(num_classes, dim)
+    counts = torch.zeros(num_classes)
+    for e, lab in chunks():
+        sums.index_add_(0, lab, e)
+        counts += torch.bincount(lab, minlength=num_classes).float()
+    if head_weight is not None:
+        if tuple(head_weight.shape) != (num_classes, dim):
+            raise ValueError(
+                f"teacher head of shape {tuple(head_weight.shape)} for {num_classes} classes "
+                f"of {dim}-d embeddings"
+            )
+        centres = F.normalize(head_weight.detach().float(), dim=1)
+    else:
+        centres = F.normalize(sums, dim=1)
+    cos_sum = torch.zeros(num_classes)
+    for e, lab in chunks():
+        cos_sum.index_add_(0, lab, (e * centres[lab]).sum(1))
+    return centres, cos_sum / counts.clamp_min(1)
+
+
 class Distiller(pl.LightningModule):
     """A student learns from a frozen teacher, from labels, or both, by weighted losses.
 
@@ -125,6 +130,10 @@ class Distiller(pl.LightningModule):
     heads are optimised by ``students.schedules.bnn_optimizer``: by default Adam with linear
     decay to zero, the usual setting for binary networks (Bi-Real Net, QuickNet).
     ``augment=False`` trains on the images as they are (no flips, shifts or jitter).
+    ``cached`` is anything indexed as ``cached[indices, mirrored]`` -> (B, D): a tensor
+    (N, 2, D) or a :class:`distill.targets.TargetMap` on disk. Batches from
+    :class:`faces.streaming.TrainingFaces` come augmented by the loader workers, or with
+    ``batch_augment`` are augmented here as one batch on the model's device (a GPU).
     """
 
     def __init__(
@@ -141,6 +150,7 @@ class Distiller(pl.LightningModule):
         warmup_epochs: float = 0.0,
         momentum: float = 0.9,
         augment: bool = True,
+        batch_augment: bool = False,
     ) -> None:
         super().__init__()
         self.model = student
@@ -155,7 +165,7 @@ class Distiller(pl.LightningModule):
         self.optimizer_name, self.schedule = optimizer, schedule
         self.warmup_epochs, self.momentum = warmup_epochs, momentum
         self.cached = cached
-        self.augment = augment
+        self.augment, self.batch_augment = augment, batch_augment
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
@@ -164,27 +174,8 @@ class Distiller(pl.LightningModule):
         return self
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        if isinstance(batch, (tuple, list)):
-            images = batch[0]
-            index = batch[1] if len(batch) > 1 else None
-            labels = batch[2] if len(batch) > 2 else None
-        else:
-            images, index, labels = batch, None, None
-        if labels is None:
-            labels = torch.full((len(images),), -1, dtype=torch.long)
-        labels = labels.to(self.device)
+        x, index, labels, mirror = self._inputs(batch)
         target = None
-        if not self.augment:
-            x = normalise(images).to(self.device)
-            mirror = torch.zeros(len(images), dtype=torch.bool)
-        elif self.cached is not None and self.loss.uses_teacher:
-            # the cache holds the teacher's view of each image and of its mirror
-            mirror = torch.rand(len(images)) < 0.5
-            flip = mirror.to(images.device)[:, None, None, None]
-            images = torch.where(flip, images.flip(-1), images)
-            x = normalise(augment(images, flip=False)).to(self.device)
-        else:
-            x = normalise(augment(images)).to(self.device)
         if self.loss.uses_teacher:
             if self.cached is not None:
                 target = self.cached[index.cpu(), mirror.cpu().long()].to(self.device)
@@ -200,6 +191,39 @@ class Distiller(pl.LightningModule):
         for name, value in parts.items():
             self.log(f"train.loss_{name}", value, on_step=False, on_epoch=True, sync_dist=True)
         return total
+
+    def _inputs(
+        self, batch: Any
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Normalised inputs on the device, dataset indices, labels and mirror flags.
+
+        A 4-tuple comes from :class:`faces.streaming.TrainingFaces`: images already mirrored
+        (the flags say which) and, unless ``batch_augment``, augmented in the loader workers.
+        Plain ``images`` / ``(images, indices[, labels])`` batches are augmented here.
+        """
+        if isinstance(batch, (tuple, list)) and len(batch) == 4:
+            images, index, labels, mirror = batch
+            if self.batch_augment:
+                images = augment(images.to(self.device), flip=False)
+            x = normalise(images).to(self.device)
+            return x, index, labels.to(self.device), mirror.bool()
+        if isinstance(batch, (tuple, list)):
+            images = batch[0]
+            index = batch[1] if len(batch) > 1 else None
+            labels = batch[2] if len(batch) > 2 else None
+        else:
+            images, index, labels = batch, None, None
+        if labels is None:
+            labels = torch.full((len(images),), -1, dtype=torch.long)
+        labels = labels.to(self.device)
+        if not self.augment:
+            mirror = torch.zeros(len(images), dtype=torch.bool)
+            return normalise(images).to(self.device), index, labels, mirror
+        # the cache holds the teacher's view of each image and of its mirror
+        mirror = torch.rand(len(images)) < 0.5
+        flip = mirror.to(images.device)[:, None, None, None]
+        images = torch.where(flip, images.flip(-1), images)
+        return normalise(augment(images, flip=False)).to(self.device), index, labels, mirror
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The student's parameters and those of the losses' heads (never the teacher's)."""

@@ -21,6 +21,52 @@ def normalise(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return (t.float() - PIXEL_MEAN) / PIXEL_SCALE
 
 
+SHIFT_PX = 4  # random shift of up to 4 px: the small random crop of face training
+JITTER = 0.3  # brightness and contrast factors drawn uniformly from 1 +- JITTER / 2
+
+
+def augment_params(
+    n: int, generator: torch.Generator | None = None, flip: bool = True
+) -> dict[str, torch.Tensor]:
+    """The random draws of :func:`augment` for ``n`` images (CPU tensors).
+
+    Drawn in one fixed order (flips, column shifts, row shifts, brightness, contrast), so the
+    batch path (:func:`augment` on a GPU batch) and the per-image path of data-loader workers
+    (:func:`augment_one`) sample the same distributions.
+    """
+    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    dx = torch.randint(0, 2 * SHIFT_PX + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * SHIFT_PX + 1, (n,), generator=generator)
+    brightness = 1 + (torch.rand(n, generator=generator) - 0.5) * JITTER
+    contrast = 1 + (torch.rand(n, generator=generator) - 0.5) * JITTER
+    return {"flip": flips, "dx": dx, "dy": dy, "brightness": brightness, "contrast": contrast}
+
+
+def apply_augment(images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Apply drawn augmentations to a uint8 batch (N, 3, H, W), on the batch's device.
+
+    Vectorised (no loop over images): the shifted crops are one gather from the
+    edge-replicated padding, so a GPU batch is augmented in a few kernels.
+    """
+    n, c, h, w = images.shape
+    device = images.device
+    x = images.float()
+    flips = params["flip"].to(device)
+    x = torch.where(flips[:, None, None, None], x.flip(-1), x)
+    pad = SHIFT_PX
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
+    rows = params["dy"].to(device)[:, None] + torch.arange(h, device=device)  # (N, H)
+    cols = params["dx"].to(device)[:, None] + torch.arange(w, device=device)  # (N, W)
+    batch = torch.arange(n, device=device)[:, None, None, None]
+    channel = torch.arange(c, device=device)[None, :, None, None]
+    x = padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    brightness = params["brightness"].to(device)[:, None, None, None]
+    contrast = params["contrast"].to(device)[:, None, None, None]
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean * brightness
+    return x.clamp(0, 255).to(torch.uint8)
+
+
 def augment(
     images: torch.Tensor, generator: torch.Generator | None = None, flip: bool = True
 ) -> torch.Tensor:
@@ -28,24 +74,15 @@ def augment(
 
     Random horizontal flip (unless ``flip=False``), a random shift of up to 4 px (pad by edge
     replication and crop, the small random crop of face training) and a brightness/contrast
-    jitter of +-15%. Returns a uint8 batch of the same shape, on the batch's device.
+    jitter of +-15%. Returns a uint8 batch of the same shape, on the batch's device (the
+    draws come from the CPU ``generator``).
     """
-    n, _, h, w = images.shape
-    x = images.float()
-    device = x.device  # the draws come from the (CPU) generator, then follow the batch
-    if flip:
-        flipped = (torch.rand(n, generator=generator) < 0.5).to(device)
-        x[flipped] = x[flipped].flip(-1)
-    pad = 4
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
-    brightness = 1 + (torch.rand(n, 1, 1, 1, generator=generator).to(device) - 0.5) * 0.3
-    contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator).to(device) - 0.5) * 0.3
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * contrast + mean * brightness
-    return x.clamp(0, 255).to(torch.uint8)
+    return apply_augment(images, augment_params(len(images), generator, flip))
+
+
+def augment_one(image: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """:func:`augment` of one uint8 image (3, H, W): the per-image path of loader workers."""
+    return apply_augment(image[None], augment_params(1, generator, flip))[0]
 
 
 def fill_black_border(images: torch.Tensor, level: int = 24) -> torch.Tensor:

@@ -67,8 +67,20 @@ class DataConfig(Section):
     eval_fraction: float = Field(0.25, gt=0, lt=1)
     eval_pairs: int = Field(3000, ge=20)
     min_images_per_identity: int = Field(2, ge=1)
-    preload_max_images: int = Field(200_000, ge=1)
     bad_images: Literal["fail", "skip"] = "fail"
+    # training images are read on demand (RecordIO index, folder listing) by loader workers;
+    # ``auto`` decodes them into memory first when they fit in ``memory_budget_mb``
+    cache_in_memory: Literal["auto"] | bool = "auto"
+    memory_budget_mb: int = Field(1024, ge=0)
+    num_workers: Literal["auto"] | int = "auto"  # auto: the CPUs available, less one
+    augment_on: Literal["auto", "workers", "device"] = "auto"  # auto: device on a GPU
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v: str | int) -> str | int:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("num_workers must be >= 0 (0: load in the training process)")
+        return v
     # folder listings (manifests) live in facekd's cache folder; ``beside``: in root/.facekd/
     manifest: Literal["cache", "beside"] = "cache"
     synthetic: SyntheticData = SyntheticData()
@@ -107,6 +119,8 @@ class TrainConfig(Section):
     devices: int | str = 1  # Lightning: e.g. 4 GPUs, with strategy: ddp
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
+    # also on SIGTERM; a killed run continues after the last checkpointed step (0: epochs only)
+    checkpoint_every_steps: int = Field(500, ge=0)
 
 
 class TeacherTrainConfig(TrainConfig):
@@ -163,7 +177,9 @@ class DistillConfig(Section):
     args: dict[str, Any] = {}
     losses: dict[str, float | dict[str, Any]] = {"cosine": 1.0}
     unlabelled: list[str] = []
-    cache_teacher: bool = True
+    # ``cached``: the teacher's targets computed once into an fp16 memory map on disk;
+    # ``online``: the teacher runs inside every training step
+    teacher_targets: Literal["cached", "online"] = "cached"
     train: DistillTrainConfig = DistillTrainConfig()
 
     @field_validator("losses")

@@ -1,16 +1,18 @@
 """The data a pipeline run works on: training faces, evaluation people and their pairs.
 
 ``data.train`` is ``synthetic``, an ImageFolder or an InsightFace RecordIO folder (``train.rec``
-and ``train.idx``); training images are decoded into memory once (RecordIO sets up to
-``data.preload_max_images``). ``data.eval`` is null (people held out of ``train``), an
-ImageFolder (pairs drawn with the pipeline seed), an InsightFace ``.bin``, an image folder
-with a pairs file (LFW ``pairs.txt`` or CSV/TSV), or a list of those (``eval_sets``, see
-:mod:`pipelines.eval_sets`); files keep their pairs and order.
+and ``train.idx``); training images are read on demand (through the RecordIO index or the
+folder listing, :mod:`faces.streaming`), or decoded into memory once when they fit in
+``data.memory_budget_mb`` (``data.cache_in_memory``). ``data.eval`` is null (people held out
+of ``train``), an ImageFolder (pairs drawn with the pipeline seed), an InsightFace ``.bin``,
+an image folder with a pairs file (LFW ``pairs.txt`` or CSV/TSV), or a list of those
+(``eval_sets``, see :mod:`pipelines.eval_sets`); files keep their pairs and order.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -21,7 +23,6 @@ import torch
 
 from faces.data import (
     FaceDataError,
-    FaceImages,
     FaceIndex,
     decode_images,
     listing_fingerprint,
@@ -33,7 +34,16 @@ from faces.data import (
 )
 from faces.evaluate import FarThreshold
 from faces.pairs_file import is_generic_pairs_file
-from faces.transforms import fill_black_border
+from faces.streaming import (
+    ConcatSource,
+    FilledSource,
+    FolderSource,
+    ImageSource,
+    RecordIOSource,
+    TensorSource,
+    TrainingFaces,
+)
+from faces.transforms import IMAGE_SIZE, fill_black_border
 from faces.verification_sets import SetSpec, VerificationSet, load_verification_sets
 from pipelines.config import PipelineConfig
 from pipelines.eval_sets import (
@@ -43,6 +53,23 @@ from pipelines.eval_sets import (
     far_threshold,
     set_names,
 )
+
+
+def _unlabelled_paths(folders: list[str]) -> list[Path]:
+    """Every image file under ``folders`` (any depth), sorted."""
+    from faces.data import IMAGE_SUFFIXES
+
+    return sorted(
+        p for f in folders for p in Path(f).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def _listing_digest(folder: str) -> str:
+    """The names of the image files under ``folder`` (any depth), hashed."""
+    h = hashlib.sha256()
+    for p in _unlabelled_paths([folder]):
+        h.update(f"{p}\n".encode())
+    return h.hexdigest()
 
 
 def is_recordio(path: str | Path) -> bool:
@@ -236,14 +263,6 @@ class DataContext:
             )
             self._report_skipped(skipped)
             return images, index.take(kept)
-        limit = self.cfg.preload_max_images
-        if len(index) > limit:
-            raise FaceDataError(
-                f"RecordIO set {index.root} has {len(index)} images, more than "
-                f"data.preload_max_images = {limit} that are decoded into memory "
-                f"(about {len(index) * 3 * 112 * 112 / 2**30:.1f} GiB); raise "
-                "data.preload_max_images if the memory is there (streaming is not supported yet)"
-            )
         from faces.recordio import RecordIOFaces
 
         ds = RecordIOFaces(index.root)
@@ -269,10 +288,79 @@ class DataContext:
         listing.parent.mkdir(parents=True, exist_ok=True)
         listing.write_text("".join(f"{m}\n" for m in self.skipped_images))
 
+    @property
+    def augment_mode(self) -> str:
+        """Where training images are augmented: ``sample`` (loader workers) or ``batch`` (the
+        training step, on the GPU); ``data.augment_on: auto`` picks the GPU when there is one."""
+        where = self.cfg.augment_on
+        if where == "auto":
+            where = "device" if torch.cuda.is_available() else "workers"
+        return "batch" if where == "device" else "sample"
+
+    def fits_in_memory(self, count: int) -> bool:
+        """Whether ``count`` training images are decoded into memory (``cache_in_memory``)."""
+        if self.cfg.cache_in_memory == "auto":
+            return count * 3 * IMAGE_SIZE * IMAGE_SIZE <= self.cfg.memory_budget_mb * 2**20
+        return bool(self.cfg.cache_in_memory)
+
     @cached_property
-    def train_dataset(self) -> FaceImages:
-        images, index = self._decode(self.train_index)
-        return FaceImages(index, images=images)
+    def train_source(self) -> tuple[ImageSource, FaceIndex]:
+        """The labelled training images and their index: decoded into memory when they fit,
+        else read on demand (RecordIO through its index, ImageFolder through its listing)."""
+        index = self.train_index
+        if self.fits_in_memory(len(index)):
+            images, kept = self._decode(index)
+            return TensorSource(images), kept
+        if index.records is not None:
+            return RecordIOSource(index.root, index.records), index
+        return FolderSource(index.paths), index
+
+    def unlabelled_source(self, folders: list[str]) -> ImageSource:
+        """The images under ``folders`` (any depth), frames filled, in memory when they fit."""
+        paths = _unlabelled_paths(folders)
+        if self.fits_in_memory(len(paths)):
+            return TensorSource(self.unlabelled_images(folders))
+        return FilledSource(FolderSource(paths))
+
+    def training_faces(
+        self, unlabelled: list[str] | None = None, augment: str = "sample"
+    ) -> TrainingFaces:
+        """The training set as samples ``(image, index, label, mirrored)`` (label -1:
+        unlabelled faces of ``unlabelled`` folders, after the labelled ones)."""
+        source, index = self.train_source
+        labels = index.labels
+        if unlabelled:
+            extra = self.unlabelled_source(unlabelled)
+            source = ConcatSource([source, extra])
+            labels = np.concatenate([labels, np.full(len(extra), -1, dtype=np.int64)])
+        return TrainingFaces(
+            source, labels, self.config.pipeline.seed, augment, self.cfg.bad_images
+        )
+
+    def training_key(self, unlabelled: list[str] | None = None) -> str:
+        """What identifies the training images in order (for the teacher's target map)."""
+        fp = self.fingerprint()
+        parts = {
+            "train": fp["train"],
+            "extra_train": fp.get("extra_train"),
+            "min_images": fp["min_images"],
+            "eval": fp["eval"] if not self.separate_eval else None,  # held-out split
+            "seed": fp["seed"] if not self.separate_eval else None,
+            "kept": len(self.train_source[1]),
+            "skipped": self.skipped_images,
+            "unlabelled": [
+                {"path": str(Path(f).resolve()), "listing": _listing_digest(f)}
+                for f in unlabelled or []
+            ],
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+    def calibration_faces(self, count: int = 100) -> np.ndarray:
+        """``count`` training faces, evenly spaced, uint8 NHWC (int8 calibration)."""
+        source, index = self.train_source
+        rows = np.linspace(0, len(index) - 1, min(count, len(index))).astype(int)
+        faces = torch.stack([source.read(int(i)) for i in rows])
+        return np.ascontiguousarray(faces.numpy().transpose(0, 2, 3, 1))
 
     @cached_property
     def eval_sets(self) -> list[VerificationSet]:
@@ -313,11 +401,7 @@ class DataContext:
         return cache[key]
 
     def _decode_unlabelled(self, folders: list[str]) -> torch.Tensor:
-        from faces.data import IMAGE_SUFFIXES
-
-        paths = sorted(
-            p for f in folders for p in Path(f).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        paths = _unlabelled_paths(folders)
         images, _, skipped = decode_images(
             lambda i: load_image(paths[i]), len(paths), bad_images=self.cfg.bad_images
         )

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from faces.evaluate import EmbedFn, set_scores, sets_metrics, torch_embed_fn
 from faces.verification import roc_curve, save_roc_plot
@@ -155,10 +154,11 @@ class TeacherStage(Stage):
                 train.warmup_epochs,
                 train.schedule,
                 train.momentum,
+                batch_augment=ctx.data.augment_mode == "batch",
             )
             metrics = fit(
                 module,
-                ctx.data.train_dataset,
+                ctx.data.training_faces(augment=ctx.data.augment_mode),
                 train,
                 ctx.data,
                 ctx.stage_dir,
@@ -217,12 +217,7 @@ class DistillStage(Stage):
             uses_centres,
             uses_teacher,
         )
-        from distill.module import (
-            Distiller,
-            cached_teacher_embeddings,
-            class_centres,
-            teacher_embeddings,
-        )
+        from distill.module import Distiller, class_centres_of_map
         from pipelines.training import fit
         from students.registry import create_student
 
@@ -237,71 +232,54 @@ class DistillStage(Stage):
                 f"teacher's embeddings have {embedding} dimensions"
             )
         student = create_student(cfg.student, **args)
-        train = ctx.data.train_dataset
-        images, labels = train.images, train.labels.long()
-        n_labelled = len(images)
-        num_classes = len(ctx.data.train_index.identities)
-        if cfg.unlabelled and label_free(cfg.losses):
-            extra = ctx.data.unlabelled_images(cfg.unlabelled)
-            images = torch.cat([images, extra])
-            labels = torch.cat([labels, torch.full((len(extra),), -1, dtype=torch.long)])
-        elif cfg.unlabelled:
+        data = ctx.data
+        n_labelled = len(data.train_source[1])
+        num_classes = len(data.train_index.identities)
+        unlabelled = cfg.unlabelled if label_free(cfg.losses) else []
+        if cfg.unlabelled and not unlabelled:
             print("note: distill.unlabelled is not used: every loss needs labels")
-        dataset = TensorDataset(images, torch.arange(len(images)), labels)
+        dataset = data.training_faces(unlabelled, augment=data.augment_mode)
         need_teacher = uses_teacher(cfg.losses)
-        cached = None
-        if need_teacher and cfg.cache_teacher:
-            # beside the teacher: pipelines sharing it (an ablation) compute them once; with
-            # unlabelled folders configured but unused, the embeddings of labelled +
-            # unlabelled faces (as a label-free sibling computes them) serve, sliced
-            cache = Path(ctx.inputs["teacher"]).parent / "embeddings"
-            cache.mkdir(exist_ok=True)
-            cache_images = images
-            if cfg.unlabelled and len(images) == n_labelled:
-                unused = ctx.data.unlabelled_images(cfg.unlabelled)
-                cache_images = torch.cat([images, unused])
-            cached = cached_teacher_embeddings(
-                teacher, cache_images, cache, sha256_file(ctx.inputs["teacher"])
-            )[: len(images)]
+        needs_map = need_teacher and (
+            cfg.teacher_targets == "cached" or uses_centres(cfg.losses) or uses_bank(cfg.losses)
+        )
+        targets = _target_map(ctx, teacher, embedding) if needs_map else None
         context = LossContext(args["embedding_size"], num_classes)
         if uses_centres(cfg.losses):
-            labelled = (
-                cached[:n_labelled]
-                if cached is not None
-                else teacher_embeddings(teacher, images[:n_labelled])
-            )
-            context.centres, context.spread = class_centres(
-                labelled, labels[:n_labelled], num_classes, _teacher_head(ctx)
+            context.centres, context.spread = class_centres_of_map(
+                targets, dataset.labels[:n_labelled], num_classes, _teacher_head(ctx)
             )
         if uses_bank(cfg.losses):
-            context.bank = cached if cached is not None else teacher_embeddings(teacher, images)
+            context.bank = _bank(targets, len(dataset), ctx.config.pipeline.seed)
         module = Distiller(
             student,
             teacher if need_teacher else None,
             cfg.losses,
             cfg.train.lr,
             cfg.train.weight_decay,
-            cached,
+            targets if cfg.teacher_targets == "cached" else None,
             context,
             optimizer=getattr(cfg.train, "optimizer", "adam"),
             schedule=getattr(cfg.train, "schedule", "linear"),
             warmup_epochs=getattr(cfg.train, "warmup_epochs", 0.0),
             momentum=getattr(cfg.train, "momentum", 0.9),
+            batch_augment=data.augment_mode == "batch",
         )
+        share = cfg.train.labelled_share
         sampler = None
-        if cfg.train.labelled_share is not None and len(images) > n_labelled:
-            from faces.sampling import LabelledShareSampler
+        if share is not None and len(dataset) > n_labelled:
+            from faces.streaming import EpochSampler
 
-            sampler = LabelledShareSampler(
-                n_labelled, len(images), cfg.train.labelled_share, ctx.config.pipeline.seed
+            sampler = EpochSampler(
+                len(dataset), cfg.train.batch_size, ctx.config.pipeline.seed, n_labelled, share
             )
-        elif cfg.train.labelled_share is not None:
+        elif share is not None:
             print("note: distill.train.labelled_share is not used: no unlabelled faces in training")
         metrics = fit(
             module,
             dataset,
             cfg.train,
-            ctx.data,
+            data,
             ctx.stage_dir,
             ctx.run.metrics,
             ctx.config.pipeline.seed,
@@ -341,6 +319,36 @@ def _steps_and_world_size(module: Any, stage_dir: Path, train: Any) -> tuple[int
     return steps, world * train.num_nodes
 
 
+BANK_ROWS = 32768  # SEED's bank: every image (both views) up to this many, else a sample
+
+
+def _target_map(ctx: StageContext, teacher: nn.Module, dim: int) -> Any:
+    """The teacher's targets of every training image (labelled, then every configured
+    unlabelled folder, used or not: ablation variants with and without them share one map),
+    in ``teacher/targets/`` beside the teacher; built once, reused, rebuilt on a mismatch."""
+    from distill.targets import build_target_map, wait_for_target_map
+    from pipelines.loading import resolve_workers
+    from pipelines.training import available_cpus, distributed_worker_rank
+
+    data = ctx.data
+    unlabelled = ctx.config.distill.unlabelled
+    images = data.training_faces(unlabelled, augment="none")
+    data_key = data.training_key(unlabelled)
+    folder = Path(ctx.inputs["teacher"]).parent / "targets" / data_key[:16]
+    key = f"{sha256_file(ctx.inputs['teacher'])}:{data_key}"
+    if distributed_worker_rank() > 0:  # rank 0 builds it
+        return wait_for_target_map(folder, key, len(images), dim)
+    workers = resolve_workers(data.cfg.num_workers, available_cpus(), images.in_memory)
+    return build_target_map(folder, key, teacher, images, dim, num_workers=workers)
+
+
+def _bank(targets: Any, n: int, seed: int) -> torch.Tensor:
+    """SEED's bank: the targets of the first ``n`` rows (both views), or a sample of them."""
+    if n <= BANK_ROWS:
+        return targets.rows(0, n)
+    return targets.sample(BANK_ROWS, seed, limit=n)
+
+
 def _teacher_head(ctx: StageContext) -> torch.Tensor | None:
     """The trained teacher's class centres, if it was trained here on the same identities."""
     path = ctx.inputs.get("teacher_head")
@@ -356,9 +364,7 @@ def _save_calibration_faces(ctx: StageContext, count: int = 100) -> Path:
     """Training faces (uint8 NHWC, evenly spaced) for ``facekd bench``'s int8 calibration."""
     from pipelines.bench_cmd import CALIBRATION_FILE
 
-    images = ctx.data.train_dataset.images
-    index = np.linspace(0, len(images) - 1, min(count, len(images))).astype(int)
-    faces = np.ascontiguousarray(np.asarray(images[torch.from_numpy(index)]).transpose(0, 2, 3, 1))
+    faces = ctx.data.calibration_faces(count)
     path = ctx.stage_dir / CALIBRATION_FILE
     tmp = path.with_name("calibration_faces.tmp.npy")
     np.save(tmp, faces)

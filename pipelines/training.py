@@ -15,12 +15,21 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 from faces.callbacks import MetricsCallback, MetricSink, VerificationCallback
 from faces.progress import on_terminal, progress_callbacks
+from faces.streaming import EpochSampler, TrainingFaces
 from pipelines.config import TrainConfig
 from pipelines.data import DataContext
+from pipelines.loading import (
+    LoaderPosition,
+    StepCheckpoint,
+    checkpoint_on_sigterm,
+    loader_errors,
+    make_loader,
+    resolve_workers,
+    training_threads,
+)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -118,17 +127,20 @@ def available_cpus() -> int:
 
 def fit(
     module: pl.LightningModule,
-    dataset: Dataset,
+    dataset: TrainingFaces,
     cfg: TrainConfig,
     data: DataContext,
     stage_dir: Path,
     sink: MetricSink,
     seed: int,
-    sampler: Sampler[int] | None = None,
+    sampler: EpochSampler | None = None,
 ) -> dict[str, float]:
     """Train ``module`` on ``dataset``; resumes from ``stage_dir/checkpoints/last.ckpt``.
 
     ``sampler`` replaces plain shuffling (e.g. a fixed share of labelled faces per batch).
+    Batches are loaded by ``data.num_workers`` processes; ``last.ckpt`` is also written every
+    ``cfg.checkpoint_every_steps`` steps and on SIGTERM, and a resumed run continues after
+    the last checkpointed batch (:mod:`pipelines.loading`).
 
     Verification on the evaluation pairs runs every ``cfg.eval_every`` epochs and at the end;
     every epoch's metrics go to ``sink``. Returns the last verification metrics.
@@ -138,17 +150,15 @@ def fit(
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*is not a PyTorch Lightning.*")
     pl.seed_everything(seed, workers=True, verbose=False)
-    torch.set_num_threads(available_cpus())
+    cpus = available_cpus()
+    workers = resolve_workers(data.cfg.num_workers, cpus, dataset.in_memory)
+    torch.set_num_threads(training_threads(cpus, workers))
     if len(dataset) < cfg.batch_size:
         raise ValueError(f"only {len(dataset)} training images for batch size {cfg.batch_size}")
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=0,
-    )
+    if sampler is None:
+        sampler = EpochSampler(len(dataset), cfg.batch_size, seed)
+    loader = make_loader(dataset, sampler, cfg.batch_size, workers)
+    position = LoaderPosition(sampler)
     verification = VerificationCallback(
         data.eval_sets, every=cfg.eval_every, threshold=data.far_threshold
     )
@@ -162,6 +172,8 @@ def fit(
         every_n_epochs=1,
         save_on_train_epoch_end=True,
     )
+    last = ckpt_dir / "last.ckpt"
+    step_checkpoint = StepCheckpoint(last, cfg.checkpoint_every_steps)
     trainer = pl.Trainer(
         max_epochs=cfg.epochs,
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
@@ -180,25 +192,40 @@ def fit(
             verification,
             MetricsCallback(sink, [verification]),
             RNGStateCallback(),
+            position,
+            step_checkpoint,
             checkpoint,
         ],
         plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0,
         default_root_dir=str(stage_dir),
+        use_distributed_sampler=False,  # EpochSampler shards by rank itself
     )
-    last = ckpt_dir / "last.ckpt"
     worker = distributed_worker_rank() > 0
     if last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
         if not worker:
-            print(f"resuming {stage_dir.name} from {last} (after epoch {state['epoch'] + 1})")
-        del state
+            print(f"resuming {stage_dir.name} from {last} ({_resume_point(last, sampler)})")
     elif not worker:  # the starting point, logged as step 0
         sink(verification.evaluate(module, 0), 0)
-    trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
+    with checkpoint_on_sigterm(step_checkpoint), loader_errors(dataset):
+        trainer.fit(module, loader, ckpt_path=str(last) if last.exists() else None)
     if trainer.global_rank > 0:
         # a distributed worker's job ends with training: rank 0 saves, exports and logs
         sys.exit(0)
     if verification.last_epoch != trainer.current_epoch:  # stopped by max_time, or resumed
         sink(verification.evaluate(module, trainer.current_epoch), trainer.current_epoch)
     return verification.last
+
+
+def _resume_point(last: Path, sampler: EpochSampler) -> str:
+    """Where a checkpoint resumes, in words: the epoch (1-based) and the global step."""
+    state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    step = int(state.get("global_step", 0))
+    position = next(
+        (v for k, v in state.get("callbacks", {}).items() if "LoaderPosition" in k), None
+    )
+    per_epoch = max(1, len(sampler) // sampler.batch_size)
+    if position and int(position.get("batches", per_epoch)) < per_epoch:
+        epoch, batch = int(position["epoch"]) + 1, int(position["batches"])
+        return f"epoch {epoch}, after batch {batch} of {per_epoch}, global step {step}"
+    return f"after epoch {int(state['epoch']) + 1}, global step {step}"

@@ -46,8 +46,10 @@ class MarginTrainer(pl.LightningModule):
         warmup_epochs: float = 1.0,
         schedule: str = "cosine",
         momentum: float = 0.9,
+        batch_augment: bool = False,
     ) -> None:
         super().__init__()
+        self.batch_augment = batch_augment  # augment each batch here (on a GPU)
         self.model = model
         head = dict(head)
         self.head = create_margin_head(head.pop("name"), embedding_size, num_classes, **head)
@@ -57,11 +59,15 @@ class MarginTrainer(pl.LightningModule):
             raise ValueError(f"unknown schedule {schedule!r} (cosine or poly)")
         self.schedule, self.momentum = schedule, momentum
 
-    def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
-        images, labels = batch
-        emb = self.model(normalise(augment(images)).to(self.device))
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if len(batch) == 4:  # faces.streaming.TrainingFaces: mirrored (and augmented) already
+            images, _, labels, _ = batch
+            if self.batch_augment:
+                images = augment(images.to(self.device), flip=False)
+        else:
+            images, labels = batch
+            images = augment(images)
+        emb = self.model(normalise(images).to(self.device))
         loss, acc = margin_loss(self.head, emb, labels)
         check_finite(loss, self.global_step, batch_idx)
         self.log("train.loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from faces.data import FaceDataError, load_image, scan_image_folder
+from faces.data import load_image, scan_image_folder
 from faces.recordio import write_recordio
 from faces.synthetic import write_synthetic_faces
 from faces.transforms import normalise
@@ -63,24 +63,37 @@ def test_recordio_train_matches_image_folder(tmp_path: Path, sets: dict[str, Pat
     rec = _context(tmp_path, {"train": str(sets["rec"]), "eval": str(sets["bin"])})
     img = _context(tmp_path, {"train": str(sets["folder"]), "eval": str(sets["bin"])})
     assert len(rec.train_index) == IDS * PER and len(rec.train_index.identities) == IDS
-    ds = rec.train_dataset
-    assert ds.images.shape == (IDS * PER, 3, 112, 112) and ds.images.dtype == torch.uint8
-    image, label = ds[5]
-    assert image.dtype == torch.uint8 and int(label) == 1
-    np.testing.assert_array_equal(ds.labels.numpy(), img.train_dataset.labels.numpy())
-    assert torch.equal(ds.images, img.train_dataset.images)  # same JPEGs, same decoder
+    source, index = rec.train_source
+    images = torch.stack([source.read(i) for i in range(len(source))])
+    assert images.shape == (IDS * PER, 3, 112, 112) and images.dtype == torch.uint8
+    faces = rec.training_faces(augment="none")
+    image, i, label, mirrored = faces[5]
+    assert image.dtype == torch.uint8 and int(label) == 1 and i == 5 and not mirrored
+    img_source, img_index = img.train_source
+    np.testing.assert_array_equal(index.labels, img_index.labels)
+    assert torch.equal(images, img_source.images)  # same JPEGs, same decoder
     assert rec.fingerprint()["train"] != img.fingerprint()["train"]
 
 
-def test_recordio_heldout_split_and_preload_limit(tmp_path: Path, sets: dict[str, Path]) -> None:
+def test_recordio_heldout_split_and_streaming(tmp_path: Path, sets: dict[str, Path]) -> None:
     ctx = _context(tmp_path, {"train": str(sets["rec"]), "eval_fraction": 0.34})
     assert len(ctx.train_index.identities) == 4 and len(ctx.eval_index.identities) == 2
     assert ctx.eval_images.shape == (2 * PER, 3, 112, 112)
     assert ctx.eval_pairs.shape[1] == 3 and ctx.eval_name == "rec_heldout"
     assert ctx.probe_batch(3).shape == (3, 3, 112, 112)
-    small = _context(tmp_path, {"train": str(sets["rec"]), "preload_max_images": 10})
-    with pytest.raises(FaceDataError, match="data.preload_max_images = 10"):
-        _ = small.train_dataset
+    # over the memory budget the same images are read on demand through the index
+    streamed = _context(
+        tmp_path, {"train": str(sets["rec"]), "eval_fraction": 0.34, "cache_in_memory": False}
+    )
+    source, index = streamed.train_source
+    assert type(source).__name__ == "RecordIOSource" and len(source) == len(ctx.train_index)
+    memory, _ = ctx.train_source
+    assert type(memory).__name__ == "TensorSource"
+    for i in (0, 3, len(source) - 1):
+        assert torch.equal(source.read(i), memory.read(i))
+    assert "record" in source.key(0)
+    budget = _context(tmp_path, {"train": str(sets["rec"]), "memory_budget_mb": 0})
+    assert type(budget.train_source[0]).__name__ == "RecordIOSource"
 
 
 def test_bin_eval_set(tmp_path: Path, sets: dict[str, Path]) -> None:

@@ -10,9 +10,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from faces.callbacks import NonFiniteLossError, check_finite
+from faces.streaming import TensorSource, TrainingFaces
 from faces.verification_sets import VerificationSet
 from pipelines.config import TrainConfig
 from pipelines.training import AtomicCheckpointIO, RNGStateCallback, fit
@@ -27,7 +27,7 @@ class _Regressor(pl.LightningModule):
         self.nan_at = nan_at
 
     def training_step(self, batch, batch_idx):
-        images, _ = batch
+        images = batch[0]
         loss = self.model(images.float() / 255).pow(2).mean()
         if self.global_step == self.nan_at:
             loss = loss * float("nan")
@@ -38,13 +38,15 @@ class _Regressor(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _data(n: int = 16) -> tuple[TensorDataset, SimpleNamespace]:
+def _data(n: int = 16) -> tuple[TrainingFaces, SimpleNamespace]:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 112, 112), dtype=torch.uint8, generator=g)
     pairs = np.array([[0, 1, 1], [2, 3, 0], [4, 5, 1], [6, 7, 0]] * 5, dtype=np.int64)
     probe = VerificationSet("probe", images[:8], pairs)
-    context = SimpleNamespace(eval_sets=[probe], far_threshold=None)
-    return TensorDataset(images, torch.zeros(n, dtype=torch.long)), context
+    context = SimpleNamespace(
+        eval_sets=[probe], far_threshold=None, cfg=SimpleNamespace(num_workers="auto")
+    )
+    return TrainingFaces(TensorSource(images), np.zeros(n, dtype=np.int64)), context
 
 
 def test_nan_loss_stops_with_step_and_batch_and_keeps_last_good_checkpoint(tmp_path: Path):
