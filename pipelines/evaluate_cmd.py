@@ -227,7 +227,10 @@ def _load_tflite(path: Path, threads: int | None) -> LoadedModel:
         runner = TFLiteRunner(data, threads=threads or 1, binary=binary)
     except Exception as exc:  # noqa: BLE001 - the interpreter raises RuntimeError/ValueError
         raise CheckpointError(f"{path}: cannot run in the LCE interpreter: {exc}") from exc
-    detail = "LCE interpreter, indirect BGEMM" if binary else "LCE interpreter, XNNPACK (float)"
+    precision = "int8" if "QUANTIZE" in ops else "float"  # full-integer models quantize input
+    detail = (
+        "LCE interpreter, indirect BGEMM" if binary else f"LCE interpreter, XNNPACK ({precision})"
+    )
     return LoadedModel(runner.embed, "tflite", f"{detail}, {ops.get('LceBconv2d', 0)} LceBconv2d")
 
 
