@@ -156,7 +156,7 @@ def release(run_id: str, name: str, version: str | None, output: Path) -> Path:
 
     from export.runtime import TFLiteRunner
     from pipelines.bundle import images_to_input, sha256_bytes, write_sums
-    from pipelines.pyfunc_model import LceFaceEmbedder
+    from pipelines.pyfunc_model import CODE_FILE, model_config
 
     client = _client()
     run = pipeline_run(client, run_id)
@@ -218,7 +218,8 @@ def release(run_id: str, name: str, version: str | None, output: Path) -> Path:
         ):
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=LceFaceEmbedder(sha256_bytes(lce)),
+                python_model=str(CODE_FILE),  # models from code: no pickled object
+                model_config=model_config(sha256_bytes(lce)),
                 artifacts={"lce_tflite": str(staging / "student_lce.tflite")},
                 signature=signature,
                 registered_model_name=name,

@@ -180,6 +180,8 @@ def test_release_registers_a_loadable_model_and_a_verified_bundle(team: Path, ca
     assert got.shape == (5, 32)
     np.testing.assert_array_equal(got, expected)
     assert model.metadata.get_input_schema().inputs[0].shape == (-1, 112, 112, 3)
+    pyfunc = mlflow.models.get_model_info("models:/team-student/1").flavors["python_function"]
+    assert "model_code_path" in pyfunc and "python_model" not in pyfunc  # code, not a pickle
 
     # never overwritten: the same version again is refused; without --version the next one
     err_args = ["release", best, "--name", "team-student", "--version", "1"]
