@@ -346,9 +346,11 @@ def _csv_pairs(
     return np.array(rows, dtype=np.int64), folds
 
 
-def _folder_pairs(root: Path, n_pairs: int, seed: int, pool: ImagePool) -> np.ndarray:
+def _folder_pairs(
+    root: Path, n_pairs: int, seed: int, pool: ImagePool, manifest: str = "cache"
+) -> np.ndarray:
     """Balanced seeded pairs of an ImageFolder (people with >= 2 images), images pooled."""
-    index = scan_image_folder(root, min_images=2)
+    index = scan_image_folder(root, min_images=2, manifest=manifest)
     pairs = make_pairs(index.labels, n_pairs, seed)
     used = np.unique(pairs[:, :2])
     rows = np.array([pool.add_file(index.paths[int(i)]) for i in used], dtype=np.int64)
@@ -356,7 +358,7 @@ def _folder_pairs(root: Path, n_pairs: int, seed: int, pool: ImagePool) -> np.nd
 
 
 def _load_into(
-    spec: SetSpec, pool: ImagePool, n_pairs: int, seed: int
+    spec: SetSpec, pool: ImagePool, n_pairs: int, seed: int, manifest: str = "cache"
 ) -> tuple[str, np.ndarray, np.ndarray | None]:
     """Name, pairs (rows of ``pool``) and folds of one set."""
     path = Path(spec.path)
@@ -368,7 +370,7 @@ def _load_into(
     if not path.is_dir():
         raise FaceDataError(f"verification data {path} does not exist")
     if spec.pairs_file is None:
-        return name, _folder_pairs(path, spec.n_pairs or n_pairs, seed, pool), None
+        return name, _folder_pairs(path, spec.n_pairs or n_pairs, seed, pool, manifest), None
     if not Path(spec.pairs_file).is_file():
         raise FaceDataError(f"pairs file {spec.pairs_file} does not exist")
     if is_generic_pairs_file(spec.pairs_file):
@@ -378,14 +380,19 @@ def _load_into(
 
 
 def load_verification_sets(
-    specs: list[SetSpec], n_pairs: int = 3000, seed: int = 0, size: int = IMAGE_SIZE
+    specs: list[SetSpec],
+    n_pairs: int = 3000,
+    seed: int = 0,
+    size: int = IMAGE_SIZE,
+    manifest: str = "cache",
 ) -> list[VerificationSet]:
     """Several sets at once: each distinct image decoded once, one ``images`` tensor shared
     by all (so a model embeds every face once however many sets hold it).
 
-    Set names must be distinct (they key the metrics)."""
+    Set names must be distinct (they key the metrics). ``manifest``: where ImageFolder
+    listings are cached (:func:`faces.data.manifest_path`)."""
     pool = ImagePool(size)
-    loaded = [_load_into(spec, pool, n_pairs, seed) for spec in specs]
+    loaded = [_load_into(spec, pool, n_pairs, seed, manifest) for spec in specs]
     names = [name for name, _, _ in loaded]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

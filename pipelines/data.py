@@ -217,7 +217,9 @@ class DataContext:
                 eval_index = scan_image_folder(first.path, min_images, manifest=self.cfg.manifest)
             if not folders or self.train_is_recordio:  # no names to compare
                 return train_all, eval_index
-            people = set().union(*(eval_identities(s) or set() for s in folders))
+            people = set().union(
+                *(eval_identities(s, self.cfg.manifest) or set() for s in folders)
+            )
             keep = [i for i in train_all.identities if i not in people]
             return train_all.subset(keep), eval_index
         train_ids, eval_ids = split_identities(
@@ -368,7 +370,10 @@ class DataContext:
         decoded once, embedded once per model)."""
         if self.separate_eval:
             return load_verification_sets(
-                self.eval_specs, n_pairs=self.cfg.eval_pairs, seed=self.config.pipeline.seed
+                self.eval_specs,
+                n_pairs=self.cfg.eval_pairs,
+                seed=self.config.pipeline.seed,
+                manifest=self.cfg.manifest,
             )
         images, index = self._heldout
         pairs = make_pairs(index.labels, self.cfg.eval_pairs, self.config.pipeline.seed)

@@ -152,11 +152,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _set_fingerprint(spec: SetSpec) -> dict[str, Any]:
+def _set_fingerprint(spec: SetSpec, manifest: str = "cache") -> dict[str, Any]:
     path = Path(spec.path)
     if path.is_file():
         return {"path": str(path.resolve()), "sha256": _sha256(path)}
-    out: dict[str, Any] = {"path": str(path.resolve()), "listing": listing_fingerprint(path)}
+    listing = listing_fingerprint(path, manifest=manifest)
+    out: dict[str, Any] = {"path": str(path.resolve()), "listing": listing}
     if spec.pairs_file:
         pairs = Path(spec.pairs_file)
         out["pairs_file"] = {"path": str(pairs.resolve()), "sha256": _sha256(pairs)}
@@ -173,13 +174,13 @@ def eval_fingerprint(data: DataConfig) -> dict[str, Any]:
     elif isinstance(data.eval, str):
         fixed = Path(data.eval).is_file() or data.eval_pairs_file is not None
         out = {
-            "eval": _set_fingerprint(specs[0]),
+            "eval": _set_fingerprint(specs[0], data.manifest),
             "eval_pairs": None if fixed else data.eval_pairs,
         }
     else:
         sets = []
         for spec in specs:
-            one = {"name": default_set_name(spec), **_set_fingerprint(spec)}
+            one = {"name": default_set_name(spec), **_set_fingerprint(spec, data.manifest)}
             if Path(spec.path).is_dir() and spec.pairs_file is None:
                 one["pairs"] = spec.n_pairs or data.eval_pairs
             sets.append(one)
@@ -189,8 +190,9 @@ def eval_fingerprint(data: DataConfig) -> dict[str, Any]:
     return out
 
 
-def eval_identities(spec: SetSpec) -> set[str] | None:
-    """The people of a folder set (for leaving them out of training); None for a ``.bin``."""
+def eval_identities(spec: SetSpec, manifest: str = "cache") -> set[str] | None:
+    """The people of a folder set (for leaving them out of training); None for a ``.bin``.
+    ``manifest``: where the folder's listing is cached (``data.manifest``)."""
     from faces.data import scan_image_folder
 
     path = Path(spec.path)
@@ -199,4 +201,4 @@ def eval_identities(spec: SetSpec) -> set[str] | None:
     if spec.pairs_file is not None and is_generic_pairs_file(spec.pairs_file):
         return csv_identities(path, spec.pairs_file)
     min_images = 1 if spec.pairs_file else 2
-    return set(scan_image_folder(path, min_images).identities)
+    return set(scan_image_folder(path, min_images, manifest=manifest).identities)

@@ -77,13 +77,18 @@ def test_manifest_beside_the_data_only_when_asked(tmp_path: Path) -> None:
     from pipelines.data import DataContext
 
     train = write_synthetic_faces(tmp_path / "faces", 6, 4, seed=3)
-    spec = {"pipeline": {"name": "beside"}, "stages": ["teacher"], "data": {"train": str(train)}}
+    held = write_synthetic_faces(tmp_path / "held", 4, 3, seed=4)
+    data = {"train": str(train), "eval": [str(held)]}
+    spec = {"pipeline": {"name": "beside"}, "stages": ["teacher"], "data": data}
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(spec))
     DataContext(load_config(path), tmp_path / "out").fingerprint()
-    assert not (train / ".facekd").exists()
+    assert not (train / ".facekd").exists() and not (held / ".facekd").exists()
     config = load_config(path, ["data.manifest=beside"])
-    DataContext(config, tmp_path / "out").fingerprint()
+    context = DataContext(config, tmp_path / "out")
+    context.fingerprint()
+    context.eval_sets  # noqa: B018 - loads the evaluation folder
     assert (train / ".facekd" / "manifest.json").is_file()
+    assert (held / ".facekd" / "manifest.json").is_file()
     with pytest.raises(Exception, match="data.manifest"):
         load_config(path, ["data.manifest=inside"])
