@@ -85,6 +85,33 @@ class DataConfig(Section):
     manifest: Literal["cache", "beside"] = "cache"
     synthetic: SyntheticData = SyntheticData()
 
+    @field_validator("eval", mode="before")
+    @classmethod
+    def _eval_entries(cls, v: Any) -> Any:
+        """Errors of a ``data.eval`` list entry name the entry, not pydantic's union branches."""
+        if not isinstance(v, list):
+            return v
+        out = []
+        for i, entry in enumerate(v):
+            if isinstance(entry, str | EvalSetConfig):
+                out.append(entry)
+                continue
+            if not isinstance(entry, dict):
+                raise ValueError(
+                    f"entry {i}: expected a path or {{path, name, pairs_file, pairs}}, "
+                    f"got {entry!r}"
+                )
+            try:
+                out.append(EvalSetConfig.model_validate(entry))
+            except ValidationError as err:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc'])}: "
+                    + ("unknown key" if e["type"] == "extra_forbidden" else e["msg"])
+                    for e in err.errors()
+                )
+                raise ValueError(f"entry {i}: {problems}") from None
+        return out
+
 
 class MarginHeadConfig(Section):
     """A margin head; ``m1``/``m2``/``m3`` for ``combined``; ``sample_rate`` < 1: PartialFC."""
@@ -109,6 +136,7 @@ class MarginHeadConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # stop after this many steps (schedules follow)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)

@@ -99,10 +99,15 @@ class LoaderPosition(pl.Callback):
         self.restored = {"epoch": epoch, "batches": batches}
 
 
+class StopRequestedError(Exception):
+    """SIGTERM arrived; the step in progress was finished and checkpointed."""
+
+
 class StepCheckpoint(pl.Callback):
     """``last.ckpt`` every ``every`` optimiser steps, and after the step SIGTERM arrived in.
 
-    On SIGTERM the run then stops as if interrupted (KeyboardInterrupt), resumable.
+    On SIGTERM the run then stops (:class:`StopRequestedError`, which :func:`checkpoint_on_sigterm`
+    turns into KeyboardInterrupt once Lightning has let go), resumable.
     """
 
     def __init__(self, path: Path, every: int) -> None:
@@ -115,7 +120,7 @@ class StepCheckpoint(pl.Callback):
         if due or self.stop_requested:
             trainer.save_checkpoint(self.path)
         if self.stop_requested:
-            raise KeyboardInterrupt
+            raise StopRequestedError
 
 
 @contextlib.contextmanager
@@ -132,6 +137,8 @@ def checkpoint_on_sigterm(callback: StepCheckpoint) -> Iterator[None]:
         return
     try:
         yield
+    except StopRequestedError:
+        raise KeyboardInterrupt from None  # the CLI: "interrupted; run it again to resume"
     finally:
         signal.signal(signal.SIGTERM, previous)
 

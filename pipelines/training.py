@@ -176,6 +176,7 @@ def fit(
     step_checkpoint = StepCheckpoint(last, cfg.checkpoint_every_steps)
     trainer = pl.Trainer(
         max_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         accelerator="auto",
         devices=cfg.devices,

@@ -1,15 +1,19 @@
 """SIGKILL at any point of a real ``facekd run`` process; the same command resumes it.
 
-One pipeline is killed four times (mid-epoch in teacher training, mid-epoch in distillation,
-during export, during the benchmark) and run again after each kill. The final result must
-equal a run that was never interrupted, finished stages must not run again, and MLflow must
-hold one parent run with one finished run per stage, none left RUNNING.
+One pipeline is stopped four times (SIGKILL mid-epoch in teacher training, SIGTERM while
+distilling, SIGKILL during export and during the benchmark) and run again after each stop.
+Training checkpoints every 4 of an epoch's 9 steps (with the loader's position), so the kills
+land after a mid-epoch checkpoint and the runs resume in the middle of an epoch, not at its
+start. The final result must equal a run that was never interrupted, finished stages must
+not run again, and MLflow must hold one parent run with one finished run per stage, none
+left RUNNING.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,12 +38,17 @@ PIPELINE = {
     "teacher": {
         "model": "vit_face_micro",
         "args": {"embedding_size": 32},
-        "train": {"epochs": 4, "batch_size": 16, "head": {"name": "arcface", "s": 16.0}},
+        "train": {
+            "epochs": 4,
+            "batch_size": 16,
+            "head": {"name": "arcface", "s": 16.0},
+            "checkpoint_every_steps": 4,
+        },
     },
     "distill": {
         "student": "birealface",
         "args": {"width": 32, "depths": [1]},
-        "train": {"epochs": 4, "batch_size": 16},
+        "train": {"epochs": 4, "batch_size": 16, "checkpoint_every_steps": 4},
     },
     "export": {"probe_images": 4},
     "evaluate": {"runs": 200, "warmup": 5, "instances": 3},
@@ -58,8 +67,14 @@ def _start(work: Path, log: Path, *extra: str) -> subprocess.Popen:
     )
 
 
-def _kill_when(proc: subprocess.Popen, ready: Path, log: Path, delay: float = 0.0) -> None:
-    """SIGKILL ``proc`` once ``ready`` exists (plus ``delay`` seconds)."""
+def _kill_when(
+    proc: subprocess.Popen,
+    ready: Path,
+    log: Path,
+    delay: float = 0.0,
+    sig: signal.Signals = signal.SIGKILL,
+) -> None:
+    """Send ``sig`` (SIGKILL) to ``proc`` once ``ready`` exists (plus ``delay`` seconds)."""
     deadline = time.time() + 300
     while not ready.exists():
         if proc.poll() is not None:
@@ -70,9 +85,10 @@ def _kill_when(proc: subprocess.Popen, ready: Path, log: Path, delay: float = 0.
         time.sleep(0.05)
     time.sleep(delay)
     assert proc.poll() is None, f"finished before the kill:\n{log.read_text()}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    # SIGTERM: the step in progress is finished and checkpointed, then "interrupted" (130)
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), log.read_text()
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -85,20 +101,25 @@ def test_sigkill_anywhere_then_same_command_resumes(tmp_path: Path) -> None:
     out = work / "runs" / "crash"
     log = work / "run.log"
 
-    # 1. killed in the second teacher epoch (epoch 1's checkpoint is on disk)
+    # 1. killed in the first teacher epoch, after its step-4 checkpoint
     _kill_when(_start(work, log), out / "teacher/checkpoints/last.ckpt", log)
     assert not (out / "teacher/stage.json").exists()
+    ckpt = torch.load(out / "teacher/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] % 9, "the kill was meant to land mid-epoch"
 
-    # 2. resumed: the teacher continues from its checkpoint; killed while distilling
-    _kill_when(_start(work, log), out / "distill/checkpoints/last.ckpt", log)
+    # 2. resumed mid-epoch: the teacher continues after its last checkpointed batch;
+    # SIGTERM while distilling: the step in progress is checkpointed, then it stops
+    _kill_when(_start(work, log), out / "distill/checkpoints/last.ckpt", log, 0.5, signal.SIGTERM)
     text = log.read_text()
     assert "resuming teacher from" in text and "[teacher] resuming" in text
+    assert re.search(r"resuming teacher from \S+ \(epoch 1, after batch \d of 9, global step", text)
+    assert "interrupted; run the same command again" in text
     assert (out / "teacher/stage.json").exists() and not (out / "distill/stage.json").exists()
     teacher_done = json.loads((out / "teacher/stage.json").read_text())["finished_at"]
 
     # 3. killed during export, 4. killed during the benchmark
     _kill_when(_start(work, log), out / "export/running.json", log, delay=1.0)
-    assert "resuming distill from" in log.read_text()
+    assert re.search(r"resuming distill from \S+ \((epoch|after epoch) \d", log.read_text())
     assert not (out / "export/stage.json").exists()
     _kill_when(_start(work, log), out / "evaluate/running.json", log, delay=0.3)
     assert not (out / "evaluate/stage.json").exists()
