@@ -36,7 +36,7 @@ real: $(STAMP)
 	  --set data.train=../shared/faces/glint24 --set data.eval=../shared/faces/celeba150 \
 	  --set teacher.checkpoint=../shared/weights/mobilefacenet_casia_068.ckpt
 
-# Distillation methods vs. no teacher on the real faces (README "Distillation methods").
+# Distillation methods vs. no teacher on the real faces (docs/methods.md).
 ablation: $(STAMP)
 	$(BIN)/facekd ablate pipelines/ablation_kd.yaml
 

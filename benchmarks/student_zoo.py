@@ -488,7 +488,7 @@ def _vs(ours: float, paper: float | None, scale: float, unit: str = "") -> str:
 
 
 def print_table(rows: list[dict], markdown: bool) -> None:
-    """Print the zoo table (markdown for the README, or plain)."""
+    """Print the zoo table (markdown for docs/zoo.md, or plain)."""
     head = (
         "| student | converter | params (ours / paper) | 1-bit MACs M | 32-bit MACs M | "
         "LCE size MB | bconv coverage | cosine PyTorch-LCE min / median | "

@@ -6,7 +6,7 @@ Each teacher (random weights: speed does not depend on them) is exported to ONNX
 onnx2tf to a float TFLite flatbuffer; the parity of both with PyTorch is checked (cosine).
 Latency: batch 1, 1 thread, median over ``--runs`` after warm-up, pooled over 2 interpreter
 instances; TFLite with XNNPACK and, to check that XNNPACK really took the graph, without it
-(reference kernels). ``--markdown`` prints the README table.
+(reference kernels). ``--markdown`` prints the table of docs/zoo.md.
 """
 
 from __future__ import annotations

@@ -203,7 +203,7 @@ def _pm(acc: float | None, std: float | None) -> str:
 
 
 def ablation_table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of the variants, as in the README."""
+    """A Markdown table of the variants, as in docs/methods.md."""
     eval_set = next((r["eval_set"] for r in rows if r.get("eval_set")), "?")
     lines = [
         f"| variant | method | {eval_set} acc (LCE, 10-fold) | PyTorch acc | "

@@ -138,7 +138,7 @@ measured on: {tags.get("facekd.bench_machine", "unknown machine")}
 
 ## Known limits
 - Latencies above come from the machine named there. On x86 LCE has only generic C++ kernels;
-  the target is ARM: measure on the device with LCE's `lce_benchmark_model` (see README).
+  the target is ARM: measure on the device with LCE's `lce_benchmark_model` (see docs/export.md).
 - Accuracy is measured on the sets listed only, with the pairs of that run; other populations,
   poses, image quality and alignment methods can be worse.
 - Faces must be aligned like the training data; unaligned crops lose most of the accuracy.
