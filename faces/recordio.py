@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import mmap
 import os
 import struct
 import sys
@@ -192,7 +191,7 @@ class RecordIOFaces(Dataset):
         self.idx_path = self.root / "train.idx"
         if not self.rec_path.is_file():
             raise FaceDataError(f"RecordIO file {self.rec_path} does not exist")
-        self._file: io.BufferedReader | None = None
+        self._file: tuple[int, int] | None = None  # (descriptor, size) of this process
         self._pid: int | None = None
         self.file_size = self.rec_path.stat().st_size
         keys, offsets = read_index(self.idx_path)
@@ -288,19 +287,24 @@ class RecordIOFaces(Dataset):
         return labels
 
     # -- reading ---------------------------------------------------------------------------
-    def _handle(self) -> mmap.mmap:
-        """The record file memory-mapped read-only, once per process (DataLoader workers)."""
+    def _handle(self) -> tuple[int, int]:
+        """The record file's descriptor and size, opened once per process (loader workers).
+
+        Records are read with ``pread``, not through a memory map: a map's touched pages count
+        in the process's resident memory, which would grow towards the file's size (hundreds
+        of GB) over an epoch; ``pread`` keeps only the record being decoded.
+        """
         pid = os.getpid()
         if self._file is None or self._pid != pid:
-            with open(self.rec_path, "rb") as f:
-                self._file = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            fd = os.open(self.rec_path, os.O_RDONLY)
+            self._file = (fd, os.fstat(fd).st_size)
             self._pid = pid
         return self._file
 
     def close(self) -> None:
-        """Unmap the record file of this process (it is mapped again on the next read)."""
+        """Close the record file of this process (it is opened again on the next read)."""
         if self._file is not None and self._pid == os.getpid():
-            self._file.close()
+            os.close(self._file[0])
         self._file = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -318,8 +322,7 @@ class RecordIOFaces(Dataset):
         offset = self._offset(key)
         if offset is None:
             raise FaceDataError(f"RecordIO index {self.idx_path} has no record {key}")
-        f = self._handle()
-        size = len(f)
+        fd, size = self._handle()
         out = bytearray()
         pos = offset
         while True:
@@ -328,7 +331,7 @@ class RecordIOFaces(Dataset):
                     f"{self.rec_path} is truncated: record {key} at offset {offset} ends in "
                     f"the middle of a record header (at byte {pos})"
                 )
-            magic, lrec = struct.unpack_from("<II", f, pos)
+            magic, lrec = struct.unpack("<II", os.pread(fd, 8, pos))
             if magic != MAGIC:
                 raise FaceDataError(
                     f"{self.rec_path}: bad magic 0x{magic:08x} at byte {pos} (record {key} at "
@@ -342,8 +345,8 @@ class RecordIOFaces(Dataset):
                     f"{length} bytes at byte {pos}, only {size - pos - 8} remain"
                 )
             if cflag == 0 and not out:  # the common case: one part, one copy
-                return f[pos + 8 : pos + 8 + length]
-            out += f[pos + 8 : pos + 8 + length]
+                return os.pread(fd, length, pos + 8)
+            out += os.pread(fd, length, pos + 8)
             pos += 8 + padded
             if cflag in (0, 3):
                 return bytes(out)
