@@ -40,6 +40,7 @@ OWN = [
         rf"{STAGE} epoch \d+/\d+, step \d+(/\d+)?: \d+ images/s, loss (\d+\.\d{{4}}|-), "
         r"ETA (\d+ s|\d+ min \d+ s|\d+ h \d+ min|\?)",
         r"nothing to do: all \d+ selected stage\(s\) are up to date \(use --force to re-run\)",
+        r"resuming (teacher|distill) from \S+ \(.+\)",
         r"(warning|note): .+",
         r"Browse the runs: mlflow ui --backend-store-uri \S+",
     )
