@@ -124,6 +124,9 @@ def test_config_errors_name_the_key(tmp_path: Path, bench: dict[str, Path]) -> N
     msg = error({"eval": [str(bench["bin"]), {"path": str(bench["bin"]), "name": "a+b"}]})
     assert "data.eval[1].name: 'a+b' is not a valid set name" in msg
     assert "data.eval" in error({"eval": []})
+    msg = error({"eval": [str(bench["bin"]), {"path": str(bench["bin"]), "pair_file": "x"}]})
+    assert "data.eval: Value error, entry 1: pair_file: unknown key" in msg
+    assert "entry 0: path: Field required" in error({"eval": [{"name": "x"}]})
 
 
 SETS = ("people", "people_bin", "cross", "lfw")  # ImageFolder, .bin, CSV, LFW pairs.txt
