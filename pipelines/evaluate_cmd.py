@@ -50,7 +50,14 @@ from faces.verification_sets import SetSpec, VerificationSet
 from pipelines.eval_report import format_table
 from teachers.checkpoint import CheckpointError
 
-__all__ = ["LoadedModel", "add_eval_parser", "compare", "evaluate", "load_embedder", "run_eval"]
+__all__ = [
+    "LoadedModel",
+    "add_eval_parser",
+    "compare",
+    "load_embedder",
+    "parse_data_args",
+    "run_eval",
+]
 
 TORCH_SUFFIXES = {".pt", ".pth", ".ckpt"}
 
@@ -263,26 +270,6 @@ def load_embedder(
 
 
 # -- the command -----------------------------------------------------------------------------
-def evaluate(
-    model: LoadedModel, images: Any, pairs: np.ndarray, name: str, batch_size: int = 64
-) -> dict[str, float]:
-    """``verify.<name>.*`` metrics of a loaded model on a set's images and pairs."""
-    from faces.evaluate import pair_embeddings, scores_of
-
-    return _metrics(
-        scores_of(*pair_embeddings(model.embed, images, pairs, batch_size)), pairs, name
-    )
-
-
-def _metrics(scores: np.ndarray, pairs: np.ndarray, name: str) -> dict[str, float]:
-    from faces.evaluate import verify_metrics
-
-    try:
-        return verify_metrics(scores, pairs[:, 2], name)
-    except ValueError as exc:
-        raise FaceDataError(f"{name}: cannot run the verification protocol: {exc}") from exc
-
-
 NOISE_RELATIVE = 1e-6
 """Relative input perturbation of ``--noise-draws``: float32 rounding's order of magnitude."""
 

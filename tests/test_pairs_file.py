@@ -11,7 +11,7 @@ from PIL import Image
 from faces.data import FaceDataError
 from faces.pairs_file import is_generic_pairs_file, parse_pairs_file
 from faces.verification import verification_metrics
-from faces.verification_sets import load_verification_set
+from faces.verification_sets import load_pairs_file_set, load_verification_set
 
 
 @pytest.fixture()
@@ -48,6 +48,8 @@ def test_csv_with_header_and_tsv_without_agree(tmp_path: Path, root: Path) -> No
     assert vs.name == "p" and vs.folds is None  # 10 contiguous folds, as before
     assert len(vs.images) == 6 and vs.pairs[:, 2].tolist() == [s for _, _, s in LINES]
     assert vs.pairs[0, 0] == vs.pairs[1, 0]  # a/0.png once, for both pairs it is in
+    alone = load_pairs_file_set(root, tsv)
+    assert alone.name == "p" and alone.pairs.tolist() == vs.pairs.tolist()
 
 
 def test_fold_column_defines_the_folds(tmp_path: Path, root: Path) -> None:
