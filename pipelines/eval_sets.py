@@ -58,7 +58,7 @@ def far_threshold(data: DataConfig) -> FarThreshold | None:
     return FarThreshold(data.threshold_from, data.threshold_far)
 
 
-def csv_identities(root: str | Path, pairs_file: str | Path) -> set[str]:
+def csv_identities(pairs_file: str | Path) -> set[str]:
     """The people of a CSV/TSV pairs file: the first folder of each image path, if any."""
     out = set()
     for pair in parse_pairs_file(pairs_file):
@@ -199,6 +199,6 @@ def eval_identities(spec: SetSpec, manifest: str = "cache") -> set[str] | None:
     if path.is_file():
         return None
     if spec.pairs_file is not None and is_generic_pairs_file(spec.pairs_file):
-        return csv_identities(path, spec.pairs_file)
+        return csv_identities(spec.pairs_file)
     min_images = 1 if spec.pairs_file else 2
     return set(scan_image_folder(path, min_images, manifest=manifest).identities)

@@ -15,6 +15,7 @@ from faces.verification import verification_metrics
 from faces.verification_sets import SetSpec, load_verification_set, load_verification_sets
 from pipelines.config import ConfigError, load_config
 from pipelines.data import DataContext
+from pipelines.eval_sets import csv_identities
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,11 @@ def test_sets_load_together_and_share_images(tmp_path: Path, bench: dict[str, Pa
     assert sets[1].folds is None and sets[2].folds.tolist() == [k % 4 for k in range(20)]
     # the eval folder's people are left out of training (train = that same folder here)
     assert ctx.train_index is not None and len(ctx.train_index.identities) == 0
+    people = {p.name for p in bench["folder"].iterdir() if p.is_dir()}
+    assert csv_identities(bench["csv"]) == people  # a CSV's people: first folder of its paths
+    only_csv = {"train": str(bench["folder"]), "eval": [_eval_list(bench)[2]]}
+    ctx_csv = DataContext(load_config(_write(tmp_path, only_csv)), tmp_path / "out2")
+    assert len(ctx_csv.train_index.identities) == 0 and ctx_csv.eval_index is None
     fp = ctx.fingerprint()
     assert [s["name"] for s in fp["eval"]] == ctx.eval_names and fp["eval"][0]["pairs"] == 20
     assert ctx.probe_batch(40).shape == (len(ctx.eval_images), 3, 112, 112)
