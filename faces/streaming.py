@@ -82,7 +82,7 @@ class FolderSource(ImageSource):
 
 
 class RecordIOSource(ImageSource):
-    """Records of an InsightFace RecordIO set read through its memory-mapped index."""
+    """Records of an InsightFace RecordIO set, read one by one through its index."""
 
     def __init__(self, root: str | os.PathLike, records: np.ndarray, size: int = IMAGE_SIZE):
         from faces.recordio import RecordIOFaces

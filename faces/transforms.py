@@ -42,11 +42,14 @@ def augment_params(
     return {"flip": flips, "dx": dx, "dy": dy, "brightness": brightness, "contrast": contrast}
 
 
-def apply_augment(images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+def apply_augment(
+    images: torch.Tensor, params: dict[str, torch.Tensor], gather: bool | None = None
+) -> torch.Tensor:
     """Apply drawn augmentations to a uint8 batch (N, 3, H, W), on the batch's device.
 
-    Vectorised (no loop over images): the shifted crops are one gather from the
-    edge-replicated padding, so a GPU batch is augmented in a few kernels.
+    On a GPU the shifted crops are one gather from the edge-replicated padding, so a batch
+    is augmented in a few kernels; on the CPU they are slices (cheaper there; ``gather``
+    forces either path).
     """
     n, c, h, w = images.shape
     device = images.device
@@ -55,11 +58,17 @@ def apply_augment(images: torch.Tensor, params: dict[str, torch.Tensor]) -> torc
     x = torch.where(flips[:, None, None, None], x.flip(-1), x)
     pad = SHIFT_PX
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="replicate")
-    rows = params["dy"].to(device)[:, None] + torch.arange(h, device=device)  # (N, H)
-    cols = params["dx"].to(device)[:, None] + torch.arange(w, device=device)  # (N, W)
-    batch = torch.arange(n, device=device)[:, None, None, None]
-    channel = torch.arange(c, device=device)[None, :, None, None]
-    x = padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    if gather is None:
+        gather = device.type != "cpu"
+    if not gather:  # slicing: no index tensors, ~2x faster than a gather on a CPU
+        dx, dy = params["dx"].tolist(), params["dy"].tolist()
+        x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    else:  # one gather kernel instead of N slices
+        rows = params["dy"].to(device)[:, None] + torch.arange(h, device=device)  # (N, H)
+        cols = params["dx"].to(device)[:, None] + torch.arange(w, device=device)  # (N, W)
+        batch = torch.arange(n, device=device)[:, None, None, None]
+        channel = torch.arange(c, device=device)[None, :, None, None]
+        x = padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
     brightness = params["brightness"].to(device)[:, None, None, None]
     contrast = params["contrast"].to(device)[:, None, None, None]
     mean = x.mean(dim=(1, 2, 3), keepdim=True)

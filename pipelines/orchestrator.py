@@ -281,6 +281,11 @@ class Orchestrator:
             if not force and old and old.get("fingerprint") == plan.fingerprint:
                 produced.update(old["outputs"])
                 continue
+            if not self._trains_distributed(plan.name):
+                # another node's process: rank 0 runs the stages that are not spread over
+                # nodes (a pretrained teacher, export); this one joins the one that is
+                produced.update(self._wait_for_record(plan.name, plan.fingerprint)["outputs"])
+                continue
             inputs = {k: Path(v["path"]) for k, v in produced.items()}
             ctx = StageContext(
                 self.config, self.data, self.stage_dir(plan.name), inputs, NullStageRun()
@@ -292,6 +297,28 @@ class Orchestrator:
             "this process was started as a distributed worker (LOCAL_RANK/NODE_RANK > 0) but "
             "no stage of the pipeline trains: nothing to join"
         )
+
+    def _trains_distributed(self, name: str) -> bool:
+        """Whether stage ``name`` trains with more than one process (devices or nodes)."""
+        if name == "teacher" and self.config.teacher.checkpoint:
+            return False
+        train = getattr(getattr(self.config, name, None), "train", None)
+        if train is None:
+            return False
+        return train.num_nodes > 1 or str(train.devices) not in ("1", "auto", "cpu")
+
+    def _wait_for_record(
+        self, name: str, fingerprint: str, timeout_s: float = 24 * 3600
+    ) -> dict[str, Any]:
+        """The record of stage ``name`` once rank 0 has finished it with ``fingerprint``."""
+        self.log(f"[{name}] waiting for rank 0 to finish it ...")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            record = self.read_record(name)
+            if record and record.get("fingerprint") == fingerprint:
+                return record
+            time.sleep(2.0)
+        raise RuntimeError(f"[{name}] rank 0 did not finish this stage in {timeout_s:.0f} s")
 
     def _resumable_stage_runs(self, tracker: Any, parent_id: str) -> set[str]:
         """Stage runs of interrupted stages that belong to ``parent_id`` (resumed, not closed)."""

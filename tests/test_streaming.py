@@ -98,6 +98,8 @@ def test_batch_and_sample_augmentation_apply_the_same_draws() -> None:
     for i in range(5):
         one = {k: v[i : i + 1] for k, v in params.items()}
         assert torch.equal(apply_augment(images[i : i + 1], one)[0], batch[i])
+    # the GPU path (one gather) gives what the CPU path (slices) gives
+    assert torch.equal(apply_augment(images, params, gather=True), batch)
     # a shift moves the image by (dx - 4, dy - 4) pixels, edges replicated
     still = {**params, "brightness": torch.ones(5), "contrast": torch.ones(5)}
     still["flip"] = torch.zeros(5, dtype=torch.bool)
