@@ -106,7 +106,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     """Run the command; facekd's errors become a message and an exit code."""
     from faces.callbacks import NonFiniteLossError
     from faces.data import FaceDataError
-    from faces.progress import ProgressSettingError
+    from faces.progress import ProgressSettingError, every_minutes
     from pipelines.bundle import BundleError
     from pipelines.config import ConfigError
     from pipelines.orchestrator import PipelineBusyError
@@ -115,6 +115,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     terminal = logs.terminal()
     try:
+        if args.command in ("run", "ablate"):
+            every_minutes()  # a bad FACEKD_PROGRESS_MINUTES is refused before anything runs
         return args.func(args)
     except (
         ConfigError,

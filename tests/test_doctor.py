@@ -1,4 +1,4 @@
-"""``facekd --version`` and ``facekd doctor``."""
+"""``facekd --version``, ``facekd doctor`` and the global options."""
 
 from __future__ import annotations
 
@@ -50,3 +50,21 @@ def test_doctor_flags_a_missing_package(
     assert main(["doctor"]) == 1
     out = capsys.readouterr().out
     assert "! onnx2tf" in out and "1 problem(s): onnx2tf" in out
+
+
+def test_verbose_before_or_after_the_command() -> None:
+    from pipelines.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--verbose", "doctor"]).verbose
+    assert parser.parse_args(["doctor", "--verbose"]).verbose
+    assert parser.parse_args(["run", "p.yaml", "-v"]).verbose
+    assert not parser.parse_args(["doctor"]).verbose
+
+
+def test_bad_progress_interval_is_refused_before_running(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FACEKD_PROGRESS_MINUTES", "soon")
+    assert main(["run", "does-not-matter.yaml"]) == 2
+    assert "FACEKD_PROGRESS_MINUTES must be a number of minutes > 0" in capsys.readouterr().err
