@@ -11,7 +11,6 @@ exactly the batches it would have seen (:class:`EpochSampler` skips the ones don
 from __future__ import annotations
 
 import os
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -201,7 +200,8 @@ class TrainingFaces(Dataset):
                     raise
                 if j not in self._reported:
                     self._reported.add(j)
-                    print(f"warning: skipped: {exc}", file=sys.stderr, flush=True)
+                    # standard output: standard error goes to the run's log (pipelines.logs)
+                    print(f"warning: skipped: {exc}", flush=True)
         raise FaceDataError(
             f"{MAX_SUBSTITUTES + 1} unreadable images in a row from {self.source.key(i)} on "
             "(data.bad_images: skip); the set looks broken"
