@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -98,7 +97,7 @@ def build_target_map(
     (prints why, then rebuilds) one with another key or shape. The finished-row count is
     saved every ``chunk_seconds``: a killed pass loses at most that much work.
     """
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    log = log or (lambda m: print(m, flush=True))  # standard error goes to the run's log
     folder.mkdir(parents=True, exist_ok=True)
     n = len(images)
     shape = [n, 2, dim]

@@ -4,8 +4,9 @@
 to a log file: file descriptor 2, where C++ libraries write (TensorFlow, absl, LCE, XNNPACK),
 and ``sys.stderr``, where Python library loggers, warnings and progress bars end up. Python
 warnings and log records are also written there with their time and source
-(``logging.captureWarnings``). facekd's own messages go to :func:`terminal`; standard output
-(tables, stage lines, progress) is left alone.
+(``logging.captureWarnings``). facekd's own messages go to :func:`terminal` (its lines that
+start with ``warning:``, ``note:`` or ``facekd:`` reach the terminal even when printed to
+``sys.stderr``); standard output (tables, stage lines, progress) is left alone.
 
 The log file is ``<cache>/logs/<command>.log`` (the last invocation's) unless the command has
 a run folder: :func:`to_folder` moves what was logged so far to ``<folder>/facekd.log`` and
@@ -29,18 +30,30 @@ from typing import TextIO
 from faces.cache import cache_dir
 
 LOG_NAME = "facekd.log"
+OWN_PREFIXES = ("warning: ", "note: ", "facekd: ")  # facekd's messages, wherever printed
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _LogStream(io.TextIOBase):
     """``sys.stderr`` while a session runs: writes go to the current log file, so streams that
-    libraries keep (a logging handler made at import) follow the log to the run folder."""
+    libraries keep (a logging handler made at import) follow the log to the run folder.
 
-    def __init__(self, file: TextIO) -> None:
+    facekd's own lines printed to ``sys.stderr`` (starting with one of :data:`OWN_PREFIXES`)
+    are also copied to the terminal."""
+
+    def __init__(self, file: TextIO, terminal: TextIO | None = None) -> None:
         self.file = file
+        self.terminal = terminal
+        self._partial = ""
 
     def write(self, text: str) -> int:
-        return self.file.write(text)
+        written = self.file.write(text)
+        if self.terminal is not None:
+            *lines, self._partial = (self._partial + text).split("\n")
+            for line in lines:
+                if line.startswith(OWN_PREFIXES):
+                    self.terminal.write(line + "\n")
+        return written
 
     def flush(self) -> None:
         with contextlib.suppress(ValueError, OSError):
@@ -132,6 +145,7 @@ def start(command: str, verbose: bool = False) -> Path:
         terminal, saved_fd = sys.stderr, None
     else:
         terminal, saved_fd = _terminal_stream()
+        stream.terminal = terminal
         os.dup2(file.fileno(), 2)
         sys.stderr = stream  # type: ignore[assignment]
     root = logging.getLogger()
@@ -204,7 +218,7 @@ def stop() -> Path | None:
         os.dup2(s.saved_fd, 2)
         os.close(s.saved_fd)
     log_file = s.stream.file
-    s.stream.file = s.saved_stderr  # streams kept by libraries write to stderr from now on
+    s.stream.file, s.stream.terminal = s.saved_stderr, None  # kept streams: plain stderr now
     log_file.close()
     if s.moved:
         return s.path

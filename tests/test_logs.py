@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -31,9 +32,10 @@ def test_library_output_goes_to_the_log_file(capfd: pytest.CaptureFixture[str]) 
     path = logs.start("testcmd")
     _noise("quiet")
     print("facekd's own message", file=logs.terminal())
+    print("warning: facekd's own warning", file=sys.stderr)  # by its prefix
     final = logs.stop()
     out, err = capfd.readouterr()
-    assert "facekd's own message" in err
+    assert "facekd's own message" in err and "warning: facekd's own warning" in err
     assert "quiet" not in out + err
     text = final.read_text()
     assert final.name == "testcmd.log" and not path.exists()

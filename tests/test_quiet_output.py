@@ -41,6 +41,7 @@ OWN = [
         r"ETA (\d+ s|\d+ min \d+ s|\d+ h \d+ min|\?)",
         r"nothing to do: all \d+ selected stage\(s\) are up to date \(use --force to re-run\)",
         r"resuming (teacher|distill) from \S+ \(.+\)",
+        r"continuing the teacher's distillation targets at image \d+ of \d+",
         r"(warning|note): .+",
         r"Browse the runs: mlflow ui --backend-store-uri \S+",
     )
