@@ -59,6 +59,8 @@ FAST = [
     "export.probe_images=4",
     "evaluate.runs=3",
     "evaluate.warmup=1",
+    "evaluate.instances=1",
+    "evaluate.teacher_tflite=false",  # two more conversions through the same converter
 ]
 
 
