@@ -95,6 +95,20 @@ def _open(path: Path) -> TextIO:
     return open(path, "a", buffering=1, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
 
 
+def _remove_stale(folder: Path) -> None:
+    """Logs of commands killed before :func:`stop` (``<command>.<pid>.log``, pid gone)."""
+    for path in folder.glob("*.*.log"):
+        pid = path.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except (PermissionError, OverflowError):  # alive under another user / not a pid
+            continue
+
+
 def _header(file: TextIO) -> None:
     when = time.strftime("%Y-%m-%d %H:%M:%S")
     file.write(f"==> {' '.join(['facekd', *sys.argv[1:]])} (pid {os.getpid()}, {when})\n")
@@ -133,6 +147,7 @@ def start(command: str, verbose: bool = False) -> Path:
     try:
         path = cache_dir() / "logs" / f"{command}.{os.getpid()}.log"
         file = _open(path)
+        _remove_stale(path.parent)
     except OSError:
         import tempfile
 
@@ -174,14 +189,18 @@ def log_path() -> Path | None:
 
 
 def to_folder(folder: str | os.PathLike) -> Path | None:
-    """Continue the log in ``<folder>/facekd.log`` (appended), moving what was logged so far."""
+    """Continue the log in ``<folder>/facekd.log`` (appended), moving what was logged so far;
+    returns its path (None outside a session, or when the folder cannot be written)."""
     s = _session
     if s is None:
         return None
     path = Path(folder) / LOG_NAME
     if s.moved and s.path.resolve() == path.resolve():
         return path
-    file = _open(path)
+    try:
+        file = _open(path)
+    except OSError:  # a folder that cannot be written: the command itself will say so
+        return None
     s.stream.flush()
     if s.moved:
         _header(file)

@@ -73,3 +73,23 @@ def test_no_session_no_redirect(capfd: pytest.CaptureFixture[str]) -> None:
     assert logs.stop() is None
     print("plain", file=logs.terminal())
     assert "plain" in capfd.readouterr().err
+
+
+def test_logs_of_killed_commands_are_removed(facekd_cache: Path) -> None:
+    folder = facekd_cache / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    dead = folder / "eval.999999999.log"  # no such process
+    alive = folder / f"eval.{os.getppid()}.log"
+    dead.write_text("x")
+    alive.write_text("y")
+    logs.start("testcmd")
+    logs.stop()
+    assert not dead.exists() and alive.exists()
+    alive.unlink()
+
+
+def test_unwritable_run_folder_keeps_the_current_log(tmp_path: Path) -> None:
+    first = logs.start("testcmd")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert logs.to_folder(blocker / "run") is None and logs.log_path() == first
