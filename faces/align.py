@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -495,7 +496,9 @@ def align_folder(
     )
     outputs = _output_names(sources, src_r)
     dst_r.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(sources, desc="align", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(  # on standard output, as training's bar: standard error may go to a log
+        sources, desc="align", unit="img", disable=not progress, dynamic_ncols=True, file=sys.stdout
+    )
     for path in bar:
         rel = path.relative_to(src_r).as_posix()
         try:

@@ -80,12 +80,13 @@ def run_align(args: argparse.Namespace) -> int:
     a missing detector package is reported here with exit code 2.
     """
     from faces.align import DetectorUnavailableError, align_folder
+    from faces.progress import on_terminal
 
     try:
         report = align_folder(
             args.src,
             args.dst,
-            progress=True,
+            progress=on_terminal(),
             min_face_size=args.min_face_size,
             multiple=args.multiple,
         )
