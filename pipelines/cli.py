@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     command's log file (``pipelines.logs``) unless ``--verbose``."""
     args = build_parser().parse_args(argv)
     _terminate_as_interrupt()
-    logs.start(args.command, args.verbose)
+    logs.start(args.command, args.verbose, sys.argv[1:] if argv is None else argv)
     try:
         return _dispatch(args)
     finally:

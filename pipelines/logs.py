@@ -84,6 +84,7 @@ class _Session:
     saved_stderr: TextIO
     handlers: list[logging.Handler]
     saved_level: int
+    argv: list[str]
     moved: bool = False
 
 
@@ -109,9 +110,9 @@ def _remove_stale(folder: Path) -> None:
             continue
 
 
-def _header(file: TextIO) -> None:
+def _header(file: TextIO, argv: list[str]) -> None:
     when = time.strftime("%Y-%m-%d %H:%M:%S")
-    file.write(f"==> {' '.join(['facekd', *sys.argv[1:]])} (pid {os.getpid()}, {when})\n")
+    file.write(f"==> {' '.join(['facekd', *argv])} (pid {os.getpid()}, {when})\n")
 
 
 def _terminal_stream() -> tuple[TextIO, int]:
@@ -136,8 +137,9 @@ def _terminal_stream() -> tuple[TextIO, int]:
     return stream, saved
 
 
-def start(command: str, verbose: bool = False) -> Path:
-    """Send other libraries' output to the command's log file; returns its path.
+def start(command: str, verbose: bool = False, argv: list[str] | None = None) -> Path:
+    """Send other libraries' output to the command's log file; returns its path. ``argv``:
+    the command line for the log's header (default ``sys.argv[1:]``).
 
     A file that cannot be written in the cache folder falls back to the temporary folder.
     """
@@ -153,7 +155,8 @@ def start(command: str, verbose: bool = False) -> Path:
 
         path = Path(tempfile.gettempdir()) / f"facekd-{command}.{os.getpid()}.log"
         file = _open(path)
-    _header(file)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _header(file, argv)
     stream = _LogStream(file)
     saved_stderr = sys.stderr
     if verbose:
@@ -171,7 +174,7 @@ def start(command: str, verbose: bool = False) -> Path:
         handler.setFormatter(logging.Formatter(FORMAT))
         root.addHandler(handler)
     _session = _Session(
-        command, verbose, path, stream, terminal, saved_fd, saved_stderr, handlers, root.level
+        command, verbose, path, stream, terminal, saved_fd, saved_stderr, handlers, root.level, argv
     )
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
@@ -203,7 +206,7 @@ def to_folder(folder: str | os.PathLike) -> Path | None:
         return None
     s.stream.flush()
     if s.moved:
-        _header(file)
+        _header(file, s.argv)
     else:  # the lines logged before the run folder was known
         with contextlib.suppress(OSError):
             file.write(s.path.read_text(encoding="utf-8", errors="backslashreplace"))
