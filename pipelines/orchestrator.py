@@ -20,6 +20,7 @@ from pipelines.artifacts import atomic_write_json, file_hash
 from pipelines.config import STAGE_ORDER, ConfigError, PipelineConfig, flatten
 from pipelines.data import DataContext
 from pipelines.summary import machine_description, run_summary
+from pipelines.tracking import OUTBOX
 
 RECORD = "stage.json"
 ACTIVE = "active_run.json"
@@ -357,7 +358,8 @@ class Orchestrator:
             "facekd.fingerprint": plan.fingerprint,
             "facekd.output_dir": str(self.output_dir.resolve()),
         }
-        with tracker.stage_run(name, stage_tags, resume_run) as run:
+        outbox = self.stage_dir(name) / OUTBOX
+        with tracker.stage_run(name, stage_tags, resume_run, outbox) as run:
             atomic_write_json(
                 running,
                 {"fingerprint": plan.fingerprint, "pid": os.getpid(), "mlflow_run_id": run.run_id},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -87,13 +88,19 @@ class Tracker:
 
     @contextmanager
     def stage_run(
-        self, stage: str, tags: dict[str, str], resume: str | None = None
+        self,
+        stage: str,
+        tags: dict[str, str],
+        resume: str | None = None,
+        outbox: Path | None = None,
     ) -> Iterator[StageRun]:
-        """A nested run for one stage, tagged ``facekd.stage``; ``resume`` reopens one."""
+        """A nested run for one stage, tagged ``facekd.stage``; ``resume`` reopens one.
+
+        ``outbox``: where its metrics wait while the tracking server does not answer."""
         with self.mlflow.start_run(
             run_id=resume, run_name=stage, nested=True, tags={"facekd.stage": stage, **tags}
         ) as run:
-            yield StageRun(self.mlflow, run.info.run_id)
+            yield StageRun(self.mlflow, run.info.run_id, outbox)
 
     def summarise(self, run_id: str, tags: dict[str, str], metrics: dict[str, float]) -> None:
         """Tags and metrics on a (parent) run, overwriting earlier values."""
@@ -130,11 +137,62 @@ class Tracker:
         return closed
 
 
-class StageRun:
-    """What a stage may log: params, metrics (with a step), artifacts, tags."""
+OUTBOX = "pending_metrics.jsonl"
 
-    def __init__(self, mlflow: Any, run_id: str) -> None:
-        self.mlflow, self.run_id = mlflow, run_id
+
+def send_pending(mlflow: Any, outbox: Path) -> int:
+    """Send the metrics kept in ``outbox`` (one JSON line per call) and remove it.
+
+    Returns the number of metric values sent; raises when the server still does not answer
+    (the file is then left as it was)."""
+    if not outbox.is_file():
+        return 0
+    client = mlflow.MlflowClient()
+    sent = 0
+    lines = [json.loads(line) for line in outbox.read_text().splitlines() if line.strip()]
+    for entry in lines:
+        metrics = [
+            mlflow.entities.Metric(k, float(v), int(entry["timestamp_ms"]), entry["step"] or 0)
+            for k, v in entry["metrics"].items()
+        ]
+        client.log_batch(entry["run_id"], metrics=metrics)
+        sent += len(metrics)
+    outbox.unlink()
+    return sent
+
+
+def pending_outboxes(folder: Path) -> list[Path]:
+    """The metric outboxes of a pipeline's output folder (one per stage that has one)."""
+    return sorted(folder.rglob(OUTBOX))
+
+
+def send_all(outboxes: list[Path]) -> int:
+    """Send every outbox to the tracking server (``MLFLOW_TRACKING_URI`` or the embedded
+    store); raises :class:`TrackingError` naming the file when the server does not answer."""
+    _quiet()
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    sent = 0
+    for outbox in outboxes:
+        try:
+            sent += send_pending(mlflow, outbox)
+        except Exception as exc:  # noqa: BLE001 - the server, or a run it does not know
+            raise TrackingError(f"could not send {outbox} to {tracking_uri()}: {exc}") from exc
+    return sent
+
+
+class StageRun:
+    """What a stage may log: params, metrics (with a step), artifacts, tags.
+
+    With an ``outbox`` file, metrics that the tracking server does not take (it stopped
+    answering in the middle of a long training) are appended there with their run, step
+    and time, training goes on, and they are sent first thing when it answers again (or by
+    ``facekd sync``): none is lost."""
+
+    def __init__(self, mlflow: Any, run_id: str, outbox: Path | None = None) -> None:
+        self.mlflow, self.run_id, self.outbox = mlflow, run_id, outbox
+        self._warned = False
 
     def params(self, params: dict[str, Any]) -> None:
         clean = {k: ("" if v is None else str(v))[:6000] for k, v in params.items()}
@@ -144,8 +202,41 @@ class StageRun:
 
     def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        if clean:
+        if not clean:
+            return
+        if self.outbox is None:
             self.mlflow.log_metrics(clean, step=step)
+            return
+        entry = {
+            "run_id": self.run_id,
+            "step": step,
+            "timestamp_ms": int(time.time() * 1000),
+            "metrics": clean,
+        }
+        try:
+            send_pending(self.mlflow, self.outbox)
+            self.mlflow.MlflowClient().log_batch(
+                self.run_id,
+                metrics=[
+                    self.mlflow.entities.Metric(k, v, entry["timestamp_ms"], step or 0)
+                    for k, v in clean.items()
+                ],
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure of the server: keep them
+            self.outbox.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.outbox, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            if not self._warned:
+                self._warned = True
+                from pipelines import logs
+
+                print(
+                    f"warning: the tracking server does not answer ({type(exc).__name__}); "
+                    f"training goes on, metrics are kept in {self.outbox} and sent when it "
+                    "answers again (or: facekd sync <run folder>)",
+                    file=logs.terminal(),
+                    flush=True,
+                )
 
     def artifact(self, path: str | os.PathLike, folder: str | None = None) -> None:
         p = Path(path)
@@ -163,7 +254,7 @@ class NullStageRun(StageRun):
     that one run per stage reaches MLflow, from rank 0."""
 
     def __init__(self) -> None:
-        super().__init__(None, "")
+        super().__init__(None, "", None)
 
     def params(self, params: dict[str, Any]) -> None:
         pass
