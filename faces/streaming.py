@@ -283,8 +283,10 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, skip = self.epoch, self._skip_batches * self.batch_size
         self._skip_batches = 0
-        for i in self.shard(epoch)[skip:].tolist():
-            yield epoch, i
+        shard = self.shard(epoch)[skip:]
+        for start in range(0, len(shard), 65536):  # no Python int per image of the epoch
+            for i in shard[start : start + 65536].tolist():
+                yield epoch, i
 
 
 def worker_init(worker_id: int) -> None:
