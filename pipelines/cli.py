@@ -83,9 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_release_parser(sub)
     add_doctor_parser(sub)
+    from pipelines.pack_cmd import add_pack_parser
     from pipelines.sync_cmd import add_sync_parser
 
     add_sync_parser(sub)
+    add_pack_parser(sub)
     for command in sub.choices.values():  # --verbose after the command word too
         command.add_argument(
             "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP

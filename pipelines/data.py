@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from faces.chunks import ChunkSource, chunk_index, is_chunked
 from faces.data import (
     FaceDataError,
     FaceIndex,
@@ -70,6 +71,13 @@ def _listing_digest(folder: str) -> str:
     for p in _unlabelled_paths([folder]):
         h.update(f"{p}\n".encode())
     return h.hexdigest()
+
+
+def chunked_fingerprint(root: str | Path) -> dict[str, str]:
+    """Hashes of a chunked set's index, labels and people (its chunks are not read)."""
+    from faces.chunks import LABELS, META
+
+    return {name: _sha256(Path(root) / name) for name in ("index.json", LABELS, META)}
 
 
 def is_recordio(path: str | Path) -> bool:
@@ -171,6 +179,8 @@ class DataContext:
             if value == "synthetic":
                 return {"synthetic": self.cfg.synthetic.model_dump()}
             path = str(Path(value).resolve())
+            if is_chunked(value):
+                return {"path": path, "chunks": chunked_fingerprint(value)}
             if is_recordio(value):
                 return {"path": path, "recordio": recordio_fingerprint(value)}
             return {"path": path, "listing": listing_fingerprint(value, manifest=self.cfg.manifest)}
@@ -190,6 +200,8 @@ class DataContext:
 
     # -- identities -----------------------------------------------------------------------
     def _scan_train(self) -> FaceIndex:
+        if self.cfg.train != "synthetic" and is_chunked(self.cfg.train):
+            return _with_min_images(chunk_index(self.cfg.train), self.cfg.min_images_per_identity)
         if self.train_is_recordio:
             return _with_min_images(
                 recordio_index(self.cfg.train), self.cfg.min_images_per_identity
@@ -265,6 +277,11 @@ class DataContext:
             )
             self._report_skipped(skipped)
             return images, index.take(kept)
+        if is_chunked(index.root):
+            chunks = ChunkSource(index.root, index.records)
+            images, kept, skipped = decode_images(chunks.read, len(index), bad_images=policy)
+            self._report_skipped(skipped)
+            return images, index.take(kept)
         from faces.recordio import RecordIOFaces
 
         ds = RecordIOFaces(index.root)
@@ -314,6 +331,8 @@ class DataContext:
             images, kept = self._decode(index)
             return TensorSource(images), kept
         if index.records is not None:
+            if is_chunked(index.root):
+                return ChunkSource(index.root, index.records), index
             return RecordIOSource(index.root, index.records), index
         return FolderSource(index.paths), index
 
