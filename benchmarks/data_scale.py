@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", default="runs/data_scale")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--sections", default="1234", help="which of the 4 parts to run")
     parser.add_argument(
         "--child",
         nargs=5,
@@ -371,50 +372,62 @@ def main(argv: list[str] | None = None) -> int:
     cpus = len(os.sched_getaffinity(0))
     workers = max(0, cpus - 1)
 
-    print("1. pipeline runs (teacher from checkpoint + distill, streamed) ...", flush=True)
-    runs = {}
-    for name in ("small", "big", "small", "big")[: 2 if args.rounds < 2 else 4]:
-        result = _run_child(
-            [
-                "--child",
-                str(sets[name]),
-                str(sets["eval"]),
-                str(teacher_ckpt),
-                str(work / f"pipeline_{name}"),
-                str(args.steps),
-            ]
+    if "1" in args.sections:
+        report["pipeline"] = pipeline_runs(sets, teacher_ckpt, work, args.steps, args.rounds)
+    if "2" in args.sections:
+        print("2. loader throughput ...", flush=True)
+        report["loader"] = loader_rates(sets["big"], batches=30, rounds=args.rounds)
+        print(f"   {json.dumps({k: round(v['median']) for k, v in report['loader'].items()})}")
+    if "3" in args.sections:
+        print("3. distillation fed by the stream vs from memory ...", flush=True)
+        report["stream_vs_memory"] = stream_vs_memory(
+            sets["small"], args.train_steps, args.rounds, workers
         )
-        runs.setdefault(name, []).append(result)
-        print(f"   {name}: {json.dumps(result)}", flush=True)
-    report["pipeline"] = {"runs": runs, "steps": args.steps, "student": STUDENT}
-    report["pipeline"]["pss_ratio_big_over_small"] = max(
-        r["peak_pss_mib"] for r in runs["big"]
-    ) / max(r["peak_pss_mib"] for r in runs["small"])
-    report["pipeline"]["rss_ratio_big_over_small"] = max(
-        r["peak_rss_main_mib"] for r in runs["big"]
-    ) / max(r["peak_rss_main_mib"] for r in runs["small"])
-
-    print("2. loader throughput ...", flush=True)
-    report["loader"] = loader_rates(sets["big"], batches=30, rounds=args.rounds)
-    print(f"   {json.dumps({k: round(v['median']) for k, v in report['loader'].items()})}")
-
-    print("3. distillation fed by the stream vs from memory ...", flush=True)
-    report["stream_vs_memory"] = stream_vs_memory(
-        sets["small"], args.train_steps, args.rounds, workers
-    )
-    print(
-        f"   {json.dumps(report['stream_vs_memory']['images_per_s'])} ratio "
-        f"{report['stream_vs_memory']['stream_over_memory']:.3f}"
-    )
-
-    print("4. bf16 vs fp32 on the CPU ...", flush=True)
-    report["bf16"] = bf16_vs_fp32(sets["small"], sets["eval"], args.bf16_steps, workers)
-    print(f"   {json.dumps(report['bf16'])}")
-
+        print(
+            f"   {json.dumps(report['stream_vs_memory']['images_per_s'])} ratio "
+            f"{report['stream_vs_memory']['stream_over_memory']:.3f}"
+        )
+    if "4" in args.sections:
+        print("4. bf16 vs fp32 on the CPU ...", flush=True)
+        report["bf16"] = bf16_vs_fp32(sets["small"], sets["eval"], args.bf16_steps, workers)
+        print(f"   {json.dumps(report['bf16'])}")
     print(json.dumps(report, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    if args.json:  # parts run later update their keys of an earlier report
+        path = Path(args.json)
+        merged = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps({**merged, **report}, indent=1) + "\n")
     return 0
+
+
+def pipeline_runs(
+    sets: dict[str, Path], teacher_ckpt: Path, work: Path, steps: int, rounds: int
+) -> dict[str, Any]:
+    """Part 1: the pipeline on the small and the big set, alternating, ``rounds`` each."""
+    print("1. pipeline runs (teacher from checkpoint + distill, streamed) ...", flush=True)
+    runs: dict[str, list[dict]] = {}
+    for _ in range(max(1, rounds - 1)):
+        for name in ("small", "big"):
+            result = _run_child(
+                [
+                    "--child",
+                    str(sets[name]),
+                    str(sets["eval"]),
+                    str(teacher_ckpt),
+                    str(work / f"pipeline_{name}"),
+                    str(steps),
+                ]
+            )
+            runs.setdefault(name, []).append(result)
+            print(f"   {name}: {json.dumps(result)}", flush=True)
+    return {
+        "runs": runs,
+        "steps": steps,
+        "student": STUDENT,
+        "pss_ratio_big_over_small": max(r["peak_pss_mib"] for r in runs["big"])
+        / max(r["peak_pss_mib"] for r in runs["small"]),
+        "rss_ratio_big_over_small": max(r["peak_rss_main_mib"] for r in runs["big"])
+        / max(r["peak_rss_main_mib"] for r in runs["small"]),
+    }
 
 
 if __name__ == "__main__":
