@@ -74,6 +74,8 @@ class DataConfig(Section):
     memory_budget_mb: int = Field(1024, ge=0)
     num_workers: Literal["auto"] | int = "auto"  # auto: the CPUs available, less one
     augment_on: Literal["auto", "workers", "device"] = "auto"  # auto: device on a GPU
+    # ``dali``: NVIDIA DALI reads a RecordIO set and decodes on the GPU (the ``gpu`` extra)
+    loader: Literal["torch", "dali"] = "torch"
 
     @field_validator("num_workers")
     @classmethod

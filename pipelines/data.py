@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -312,9 +313,37 @@ class DataContext:
         """Where training images are augmented: ``sample`` (loader workers) or ``batch`` (the
         training step, on the GPU); ``data.augment_on: auto`` picks the GPU when there is one."""
         where = self.cfg.augment_on
+        if self.cfg.loader == "dali":
+            return "batch"  # DALI decodes and mirrors; the step augments the batch
         if where == "auto":
             where = "device" if torch.cuda.is_available() else "workers"
         return "batch" if where == "device" else "sample"
+
+    def dali_faces(self, batch_size: int) -> Any:
+        """The training images as NVIDIA DALI batches (``data.loader: dali``)."""
+        from faces.cache import cache_dir
+        from faces.dali_loader import DaliFaces
+        from faces.recordio import RecordIOFaces
+
+        if not self.train_is_recordio:
+            raise FaceDataError(
+                f"data.loader: dali reads InsightFace RecordIO sets (train.rec, train.idx); "
+                f"data.train {self.cfg.train} is not one"
+            )
+        index = self.train_index
+        reader = RecordIOFaces(index.root)
+        records = np.asarray(index.records)
+        threads = max(1, len(os.sched_getaffinity(0)) - 1)
+        return DaliFaces(
+            index.root,
+            reader.keys[records],
+            index.labels,
+            reader.labels[records],
+            batch_size,
+            cache_dir() / "dali",
+            self.config.pipeline.seed,
+            threads=threads,
+        )
 
     def fits_in_memory(self, count: int) -> bool:
         """Whether ``count`` training images are decoded into memory (``cache_in_memory``)."""

@@ -157,8 +157,12 @@ def fit(
         raise ValueError(f"only {len(dataset)} training images for batch size {cfg.batch_size}")
     if sampler is None:
         sampler = EpochSampler(len(dataset), cfg.batch_size, seed)
-    loader = make_loader(dataset, sampler, cfg.batch_size, workers)
-    position = LoaderPosition(sampler)
+    position: LoaderPosition | None = None
+    if getattr(data.cfg, "loader", "torch") == "dali":  # reads, decodes (GPU) and shards
+        loader: Any = data.dali_faces(cfg.batch_size)
+    else:
+        loader = make_loader(dataset, sampler, cfg.batch_size, workers)
+        position = LoaderPosition(sampler)
     verification = VerificationCallback(
         data.eval_sets, every=cfg.eval_every, threshold=data.far_threshold
     )
@@ -193,7 +197,7 @@ def fit(
             verification,
             MetricsCallback(sink, [verification]),
             RNGStateCallback(),
-            position,
+            *([position] if position else []),
             step_checkpoint,
             checkpoint,
         ],
