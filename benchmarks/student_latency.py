@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/student_latency.py runs/<pipeline>/export [--runs 100] [--threads 1]
 
-The same measurement as ``facekd bench`` (``pipelines.bench_cmd.bench``): each runtime in a
+The same measurement as ``facekd bench`` (``export.bench_rows.bench``): each runtime in a
 fresh process, LCE with indirect BGEMM (its float ops on XNNPACK, and on TFLite's builtin
 kernels) and with its default x86 kernel, the float twin in
 TFLite with and without XNNPACK, its int8 twin and ONNX Runtime. x86 has only LCE's generic
@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    from pipelines.bench_cmd import bench, format_table
+    from export.bench_rows import bench, format_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export_dir", type=Path)

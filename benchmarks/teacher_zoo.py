@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from export.runtime import measure_latency, onnxruntime_latency
     from export.teacher_export import export_teacher
-    from pipelines.profile_cmd import profile_model
+    from pipelines.profiling import profile_model
     from pipelines.summary import machine_description
     from teachers import create_teacher, list_teachers
 

@@ -1,7 +1,8 @@
-"""``facekd bench MODEL``: latency, memory and size of an exported student on every runtime.
+"""The rows of ``facekd bench MODEL``: latency, memory and size of an exported student on every
+runtime.
 
 MODEL is an export folder (``runs/<pipeline>/export``) or one ``.tflite`` file. Each runtime
-runs in a fresh subprocess (``python -m pipelines.bench_cmd --worker ...``): warm-up, then
+runs in a fresh subprocess (``python -m export.bench_rows --worker ...``): warm-up, then
 timed single-image inferences (median, p90, FPS) and the peak RSS growth of that process
 (peak RSS at the end minus the RSS after importing the runtime, before loading the model).
 x86 has only LCE's generic kernels: measure ARM boards with ``lce_benchmark_model``.
@@ -9,7 +10,6 @@ x86 has only LCE's generic kernels: measure ARM boards with ``lce_benchmark_mode
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -85,7 +85,7 @@ def measure_in_subprocess(
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.bench_cmd", "--worker", *args],
+        [sys.executable, "-m", "export.bench_rows", "--worker", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -292,49 +292,6 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{key}: {note}")
     lines.append(f"memory: {result['memory']}")
     return "\n".join(lines)
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from pipelines.config import ConfigError
-
-    try:
-        result = bench(
-            args.model,
-            args.threads,
-            args.runs,
-            args.warmup,
-            args.instances,
-            args.calibration,
-            not args.no_int8,
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
-    return 0
-
-
-def add_bench_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "bench", help="latency, FPS, memory and size of an exported student on each runtime"
-    )
-    p.add_argument("model", help="export folder (runs/<pipeline>/export) or a .tflite file")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runs", type=int, default=50, help="timed inferences per runtime")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument(
-        "--instances",
-        type=int,
-        default=3,
-        help="fresh TFLite interpreters pooled per runtime (x86 LCE latency is bimodal)",
-    )
-    p.add_argument(
-        "--calibration",
-        metavar="DIR",
-        help="aligned 112x112 faces for int8 calibration (default: the export's saved faces)",
-    )
-    p.add_argument("--no-int8", action="store_true", help="skip the int8 twin")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_cmd_bench)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:

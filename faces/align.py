@@ -7,7 +7,7 @@ are mapped onto :data:`ARCFACE_TEMPLATE` by the least-squares similarity transfo
 and the photo is warped with bilinear sampling and a black border, as insightface's
 ``face_align.norm_crop`` does. Coordinates are in pixels with pixel centres at integers.
 
-Command line: ``facekd align SRC DST`` (see ``pipelines.align_cmd``).
+Command line: ``facekd align SRC DST`` (see ``pipelines.commands.align``).
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ variant, after the variant's own keys.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -219,38 +218,3 @@ def ablation_table(rows: list[dict[str, Any]]) -> str:
             f"{_pm(r['pytorch_acc'], r['pytorch_acc_std'])} | {seen} | {n} | {minutes} |"
         )
     return "\n".join(lines)
-
-
-def _cmd_ablate(args: argparse.Namespace) -> int:
-    only = [v for s in args.variants or [] for v in s.split(",") if v]
-    run_ablation(args.pipeline, args.set, only or None, args.force)
-    print("\nCompare them: facekd compare --experiment <the file's pipeline.experiment>")
-    return 0
-
-
-def add_ablate_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "ablate",
-        help="run every variant of an ablation file as sibling pipelines (shared teacher)",
-        description=__doc__.split("\n\n")[0],
-    )
-    p.add_argument("pipeline", help="ablation YAML (a pipeline with variants:)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a value in every variant (repeatable), e.g. distill.train.max_minutes=5",
-    )
-    p.add_argument(
-        "--variants",
-        action="append",
-        metavar="A,B",
-        help="run only these variants (comma-separated, repeatable)",
-    )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="re-run the variants' distill, export and evaluate stages (the teacher is kept)",
-    )
-    p.set_defaults(func=_cmd_ablate)

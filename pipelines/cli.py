@@ -18,36 +18,24 @@ VERBOSE_HELP = (
     "<output_dir>/facekd.log for a run)"
 )
 
-from pipelines import logs  # noqa: E402
-from pipelines.ablate_cmd import add_ablate_parser  # noqa: E402  (after the TF log setting)
-from pipelines.align_cmd import add_align_parser  # noqa: E402
-from pipelines.bench_cmd import add_bench_parser  # noqa: E402
-from pipelines.compare_cmd import add_compare_parser  # noqa: E402
-from pipelines.doctor_cmd import add_doctor_parser  # noqa: E402
+from pipelines import logs  # noqa: E402  (after the TF log setting)
+from pipelines.commands import (  # noqa: E402
+    ablate,
+    align,
+    bench,
+    compare,
+    doctor,
+    evaluate,
+    pack,
+    profile,
+    release,
+    run,
+    sync,
+)
 from pipelines.environment import facekd_version  # noqa: E402
-from pipelines.evaluate_cmd import add_eval_parser  # noqa: E402
-from pipelines.profile_cmd import add_profile_parser  # noqa: E402
 
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines.config import load_config
-    from pipelines.orchestrator import Orchestrator
-    from pipelines.summary import summary_table
-    from pipelines.tracking import tracking_uri
-
-    config = load_config(args.pipeline, args.set)
-    logs.to_folder(config.output_dir())
-    orch = Orchestrator(config)
-    records = orch.run(only=args.only, start=getattr(args, "from"), force=args.force)
-    print()
-    print(summary_table(records, orch.data.eval_names))
-    print()
-    uri = tracking_uri()
-    if uri.startswith("sqlite:"):
-        print(f"Browse the runs: mlflow ui --backend-store-uri {uri}")
-    else:
-        print(f"Runs are on the tracking server {uri}")
-    return 0
+COMMANDS = (run, ablate, evaluate, align, compare, profile, bench, release, doctor, sync, pack)
+"""The verbs' modules (``pipelines/commands/``), in the order of ``facekd --help``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,36 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"facekd {facekd_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser(
-        "run", help="run a pipeline YAML (stages: teacher, distill, export, evaluate)"
-    )
-    run.add_argument("pipeline", help="pipeline YAML file, e.g. pipelines/demo.yaml")
-    run.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a configuration value (repeatable), e.g. distill.train.epochs=3",
-    )
-    run.add_argument("--only", metavar="STAGE", help="run just this stage")
-    run.add_argument("--from", metavar="STAGE", help="run this stage and the ones after it")
-    run.add_argument("--force", action="store_true", help="re-run stages even if up to date")
-    run.set_defaults(func=_cmd_run)
-    add_ablate_parser(sub)
-    add_eval_parser(sub)
-    add_align_parser(sub)
-    add_compare_parser(sub)
-    add_profile_parser(sub)
-    add_bench_parser(sub)
-    from pipelines.release_cmd import add_release_parser
-
-    add_release_parser(sub)
-    add_doctor_parser(sub)
-    from pipelines.pack_cmd import add_pack_parser
-    from pipelines.sync_cmd import add_sync_parser
-
-    add_sync_parser(sub)
-    add_pack_parser(sub)
+    for module in COMMANDS:
+        module.add_parser(sub)
     for command in sub.choices.values():  # --verbose after the command word too
         command.add_argument(
             "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP

@@ -362,7 +362,7 @@ def _teacher_head(ctx: StageContext) -> torch.Tensor | None:
 
 def _save_calibration_faces(ctx: StageContext, count: int = 100) -> Path:
     """Training faces (uint8 NHWC, evenly spaced) for ``facekd bench``'s int8 calibration."""
-    from pipelines.bench_cmd import CALIBRATION_FILE
+    from export.bench_rows import CALIBRATION_FILE
 
     faces = ctx.data.calibration_faces(count)
     path = ctx.stage_dir / CALIBRATION_FILE
@@ -491,7 +491,7 @@ class EvaluateStage(Stage):
 def _reference_flatbuffers(ctx: StageContext) -> dict[str, bytes]:
     """The teacher as float and int8 TFLite (cached beside the teacher), calibrated on the
     training faces the export stage saved; {} with a warning when a conversion fails."""
-    from pipelines.bench_cmd import load_calibration
+    from export.bench_rows import load_calibration
     from pipelines.reference_models import teacher_references
 
     calibration = load_calibration(Path(ctx.inputs["lce_tflite"]).parent, None)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from pipelines.ablate_cmd import ablation_table, expand_ablation
+from pipelines.ablation import ablation_table, expand_ablation
 from pipelines.cli import main
 from pipelines.config import ConfigError, load_config
 

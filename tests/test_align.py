@@ -25,7 +25,7 @@ from faces.align import (
 )
 from faces.data import FaceDataError
 from faces.synthetic import write_synthetic_faces
-from pipelines.align_cmd import add_align_parser, run_align
+from pipelines.commands.align import add_parser, run_align
 
 LFW10 = Path(__file__).resolve().parents[1].parent / "shared" / "faces" / "lfw10"
 
@@ -282,7 +282,7 @@ def test_align_folder_rejects_bad_folders(raw: Path, tmp_path: Path) -> None:
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="facekd")
-    add_align_parser(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
 
 

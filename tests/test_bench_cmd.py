@@ -70,7 +70,7 @@ class _Grouped(torch.nn.Module):
 
 
 def test_bench_notes_a_runtime_that_refuses_the_model(tmp_path) -> None:
-    from pipelines.bench_cmd import bench
+    from export.bench_rows import bench
 
     torch.manual_seed(0)
     student, twin = _Grouped().eval(), _Grouped(binary=False).eval()

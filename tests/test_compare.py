@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipelines.compare_cmd import (
+from pipelines.compare_rows import (
     CompareRow,
     format_table,
     mark_pareto,
@@ -93,7 +93,7 @@ def test_row_from_a_summary_or_rebuilt_from_stage_runs() -> None:
 
 
 def test_a_column_per_set_and_any_metric(tmp_path: Path) -> None:
-    from pipelines.compare_cmd import default_metric, metric_value
+    from pipelines.compare_rows import default_metric, metric_value
 
     sets = {"verify.lfw.acc": 0.9, "verify.cfp_fp.acc": 0.7, "verify.agedb_30.acc": 0.8}
     new = _row("new", None, 300)
@@ -124,7 +124,7 @@ def test_a_column_per_set_and_any_metric(tmp_path: Path) -> None:
 
 
 def test_reference_rows_of_the_teacher_tflites(tmp_path: Path) -> None:
-    from pipelines.compare_cmd import reference_rows
+    from pipelines.compare_rows import reference_rows
 
     metrics = {
         "bench.fps": 300.0,

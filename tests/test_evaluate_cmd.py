@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from faces.data import FaceDataError, make_pairs, scan_image_folder
-from pipelines.evaluate_cmd import add_eval_parser, main
+from pipelines.commands.evaluate import add_parser, main
 from teachers.checkpoint import CheckpointError
 
 EXIT_BAD_INPUT = 2
@@ -22,7 +22,7 @@ EXIT_BAD_INPUT = 2
 def _cli(argv: list[str]) -> int:
     """What ``facekd`` does with a sub-command: parse, run, bad input -> exit code 2."""
     parser = argparse.ArgumentParser(prog="facekd")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -204,7 +204,7 @@ def test_pipeline_scores_every_set(tmp_path: Path, bench: dict[str, Path], monke
         )
     assert parent.data.tags["facekd.eval_set"] == ",".join(SETS)
     assert "reference.teacher_int8.verify.mean.acc" in parent.data.metrics
-    from pipelines.compare_cmd import compare
+    from pipelines.compare_rows import compare
 
     rows, metric = compare(["facekd-multi"], None, tmp_path / "pareto.png", log_to_mlflow=False)
     assert metric == "verify.mean.acc"

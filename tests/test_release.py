@@ -214,7 +214,7 @@ def test_release_of_an_unknown_run_is_refused(team: Path, capsys) -> None:
 def test_model_card_lists_every_set_and_the_mean() -> None:
     from types import SimpleNamespace
 
-    from pipelines.release_cmd import model_card
+    from pipelines.release import model_card
 
     metrics = {"verify.mean.acc": 0.8, "verify.threshold_at_far": 0.31}
     for name, acc in (("lfw", 0.9), ("cfp_fp", 0.7), ("agedb_30", 0.8)):

@@ -23,7 +23,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_align_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``align`` sub-command to ``subparsers`` (from ``add_subparsers``)."""
     parser = subparsers.add_parser(
         "align",

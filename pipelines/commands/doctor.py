@@ -28,7 +28,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def add_doctor_parser(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "doctor",
         help="show the versions of the stack, CUDA / DALI, the tracking URI and the cache folder",

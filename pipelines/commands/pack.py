@@ -19,7 +19,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_pack_parser(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "pack",
         help="write an ImageFolder or RecordIO set as litdata chunks (streaming, many nodes)",

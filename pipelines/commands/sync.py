@@ -22,7 +22,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_sync_parser(sub: Any) -> None:
+def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "sync",
         help="send metrics that were kept in a run folder while the tracking server was down",
