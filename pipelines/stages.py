@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from faces.data import FaceDataError
 from faces.evaluate import EmbedFn, set_scores, sets_metrics, torch_embed_fn
 from faces.verification import roc_curve, save_roc_plot
 from pipelines.artifacts import atomic_write_json, load_model, save_model
@@ -243,6 +244,11 @@ class DistillStage(Stage):
         needs_map = need_teacher and (
             cfg.teacher_targets == "cached" or uses_centres(cfg.losses) or uses_bank(cfg.losses)
         )
+        if data.cfg.loader == "dali" and need_teacher and cfg.teacher_targets == "cached":
+            raise FaceDataError(
+                "data.loader: dali gives no image positions for cached teacher targets; "
+                "set distill.teacher_targets: online (the teacher runs in the training step)"
+            )
         targets = _target_map(ctx, teacher, embedding) if needs_map else None
         context = LossContext(args["embedding_size"], num_classes)
         if uses_centres(cfg.losses):
