@@ -141,6 +141,8 @@ def checkpoint_on_sigterm(callback: StepCheckpoint) -> Iterator[None]:
         raise KeyboardInterrupt from None  # the CLI: "interrupted; run it again to resume"
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if callback.stop_requested:  # arrived after the last step: training is saved, stop now
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -109,7 +109,7 @@ def test_sigkill_anywhere_then_same_command_resumes(tmp_path: Path) -> None:
 
     # 2. resumed mid-epoch: the teacher continues after its last checkpointed batch;
     # SIGTERM while distilling: the step in progress is checkpointed, then it stops
-    _kill_when(_start(work, log), out / "distill/checkpoints/last.ckpt", log, 0.5, signal.SIGTERM)
+    _kill_when(_start(work, log), out / "distill/checkpoints/last.ckpt", log, 0.0, signal.SIGTERM)
     text = log.read_text()
     assert "resuming teacher from" in text and "[teacher] resuming" in text
     assert re.search(r"resuming teacher from \S+ \(epoch 1, after batch \d of 9, global step", text)

@@ -231,3 +231,16 @@ def test_dataloader_of_plain_indices_works_too() -> None:
     faces = TrainingFaces(TensorSource(_images(4)), np.arange(4))
     batch = next(iter(DataLoader(faces, batch_size=2)))
     assert batch[0].shape == (2, 3, 112, 112) and batch[1].tolist() == [0, 1]
+
+
+def test_sigterm_during_training_asks_for_a_checkpoint_then_stops(tmp_path: Path) -> None:
+    import signal
+
+    from pipelines.loading import StepCheckpoint, checkpoint_on_sigterm
+
+    callback = StepCheckpoint(tmp_path / "last.ckpt", every=0)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), checkpoint_on_sigterm(callback):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives after the last step: no batch ends
+        assert callback.stop_requested  # noted, not acted on in the middle of a step
+    assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
