@@ -10,7 +10,6 @@ people without reading a chunk). Training reads faces by index through
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from functools import partial
@@ -19,9 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from faces.data import FaceDataError, FaceIndex
+from faces.data import FaceDataError, FaceIndex, decode_image_bytes
 from faces.streaming import ImageSource
 from faces.transforms import IMAGE_SIZE
 
@@ -33,19 +31,6 @@ def is_chunked(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a set written by :func:`pack` (litdata index + facekd labels)."""
     p = Path(path)
     return (p / "index.json").is_file() and (p / META).is_file() and (p / LABELS).is_file()
-
-
-def decode_face(data: bytes, size: int, what: str) -> torch.Tensor:
-    """Encoded image bytes -> uint8 (3, size, size) RGB; ``what`` names it in errors."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise FaceDataError(f"cannot decode {what}: {exc}") from exc
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 def _item(root: str, recordio: bool, paths: list[str], i: int) -> dict[str, Any]:
@@ -158,4 +143,4 @@ class ChunkSource(ImageSource):
             item = self._open()[int(self.records[i])]
         except (OSError, ValueError, RuntimeError, IndexError) as exc:
             raise FaceDataError(f"cannot read {self.key(i)}: {type(exc).__name__}: {exc}") from exc
-        return decode_face(item["image"], self.size, self.key(i))
+        return torch.from_numpy(decode_image_bytes(item["image"], self.size, self.key(i)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import time
@@ -323,6 +324,19 @@ def load_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
             arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise FaceDataError(f"cannot read image {path}: {exc}") from exc
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def decode_image_bytes(data: bytes, size: int, where: str) -> np.ndarray:
+    """Encoded image bytes to uint8 (3, size, size) RGB; ``where`` names it in errors."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise FaceDataError(f"cannot decode {where}: {exc}") from exc
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 

@@ -9,31 +9,16 @@ index the same tensor, embedded once per model.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from faces.data import FaceDataError
+from faces.data import FaceDataError, decode_image_bytes
 from faces.transforms import IMAGE_SIZE
 
-__all__ = ["ImagePool", "decode_image_bytes"]
-
-
-def decode_image_bytes(data: bytes, size: int, where: str) -> np.ndarray:
-    """Encoded image bytes to uint8 (3, size, size) RGB; ``where`` names it in errors."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise FaceDataError(f"cannot decode {where}: {exc}") from exc
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+__all__ = ["ImagePool"]
 
 
 class ImagePool:

@@ -401,13 +401,18 @@ def load_verification_sets(
     return [VerificationSet(name, images, pairs, folds) for name, pairs, folds in loaded]
 
 
+def _existing_folder(root: str | os.PathLike) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise FaceDataError(f"face data folder {root} does not exist")
+    return root
+
+
 def load_lfw_pairs(
     root: str | os.PathLike, pairs_file: str | os.PathLike, size: int = IMAGE_SIZE
 ) -> VerificationSet:
     """LFW-layout images ``root/<name>/<name>_%04d.jpg`` and the pairs of ``pairs_file``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FaceDataError(f"face data folder {root} does not exist")
+    root = _existing_folder(root)
     pool = ImagePool(size)
     pairs = _lfw_pairs(root, pairs_file, pool)
     return VerificationSet(root.resolve().name, pool.images(), pairs)
@@ -417,9 +422,7 @@ def load_pairs_file_set(
     root: str | os.PathLike, pairs_file: str | os.PathLike, size: int = IMAGE_SIZE
 ) -> VerificationSet:
     """Images under ``root`` and the pairs (and folds) of a CSV/TSV pairs file."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FaceDataError(f"face data folder {root} does not exist")
+    root = _existing_folder(root)
     pool = ImagePool(size)
     pairs, folds = _csv_pairs(root, pairs_file, pool)
     return VerificationSet(_metric_safe(Path(pairs_file).stem), pool.images(), pairs, folds)

@@ -83,6 +83,7 @@ class DataConfig(Section):
         if isinstance(v, int) and v < 0:
             raise ValueError("num_workers must be >= 0 (0: load in the training process)")
         return v
+
     # folder listings (manifests) live in facekd's cache folder; ``beside``: in root/.facekd/
     manifest: Literal["cache", "beside"] = "cache"
     synthetic: SyntheticData = SyntheticData()

@@ -230,9 +230,7 @@ class DataContext:
                 eval_index = scan_image_folder(first.path, min_images, manifest=self.cfg.manifest)
             if not folders or self.train_is_recordio:  # no names to compare
                 return train_all, eval_index
-            people = set().union(
-                *(eval_identities(s, self.cfg.manifest) or set() for s in folders)
-            )
+            people = set().union(*(eval_identities(s, self.cfg.manifest) or set() for s in folders))
             keep = [i for i in train_all.identities if i not in people]
             return train_all.subset(keep), eval_index
         train_ids, eval_ids = split_identities(
@@ -366,11 +364,17 @@ class DataContext:
         return FolderSource(index.paths), index
 
     def unlabelled_source(self, folders: list[str]) -> ImageSource:
-        """The images under ``folders`` (any depth), frames filled, in memory when they fit."""
-        paths = _unlabelled_paths(folders)
-        if self.fits_in_memory(len(paths)):
-            return TensorSource(self.unlabelled_images(folders))
-        return FilledSource(FolderSource(paths))
+        """The images under ``folders`` (any depth), frames filled, in memory when they fit;
+        made once per invocation (the training set and the target map share it)."""
+        key = tuple(str(Path(f).resolve()) for f in folders)
+        made = self.__dict__.setdefault("_unlabelled_sources", {})
+        if key not in made:
+            paths = _unlabelled_paths(folders)
+            if self.fits_in_memory(len(paths)):
+                made[key] = TensorSource(self.unlabelled_images(folders))
+            else:
+                made[key] = FilledSource(FolderSource(paths))
+        return made[key]
 
     def training_faces(
         self, unlabelled: list[str] | None = None, augment: str = "sample"
