@@ -38,6 +38,7 @@ class CompareRow:
     experiment: str = ""
     metrics: dict[str, float] = field(default_factory=dict)  # every verify.* of the student
     kind: str = "student"  # or "reference": a model one would deploy instead
+    privacy: dict[str, float] = field(default_factory=dict)  # privacy.* of the privacy stage
 
     @property
     def mean_accuracy(self) -> float | None:
@@ -76,24 +77,35 @@ def summary_from_children(children: list[Any]) -> tuple[dict[str, str], dict[str
         tags["facekd.distill.method"] = "+".join(losses) or "?"
         if "model.params" in d.data.metrics:
             metrics["model.params"] = d.data.metrics["model.params"]
-    for stage in ("export", "evaluate"):
+    for stage in ("export", "evaluate", "privacy"):
         if stage in by_stage:
             metrics.update(
                 {
                     k: v
                     for k, v in by_stage[stage].data.metrics.items()
-                    if k.startswith(("verify.", "bench.", "model.", "export."))
+                    if k.startswith(("verify.", "bench.", "model.", "export.", "privacy."))
                 }
             )
     return tags, metrics
 
 
+def _privacy_of_children(children: list[Any] | None) -> dict[str, float]:
+    """``privacy.*`` metrics of the run's ``privacy`` stage run, if it has one."""
+    for child in children or []:
+        if child.data.tags.get("facekd.stage") == "privacy":
+            return {k: v for k, v in child.data.metrics.items() if k.startswith("privacy.")}
+    return {}
+
+
 def _summary(run: Any, children: list[Any] | None) -> tuple[dict[str, str], dict[str, float]]:
-    """Tags and metrics of a pipeline run, rebuilt from its stages when it has no summary."""
+    """Tags and metrics of a pipeline run, rebuilt from its stages when it has no summary;
+    ``privacy.*`` from its privacy stage when the summary does not carry them."""
     tags, m = run.data.tags, run.data.metrics
     if tags.get("facekd.summary") != "1" and children:
         extra_tags, extra_metrics = summary_from_children(children)
         tags, m = {**tags, **extra_tags}, {**m, **extra_metrics}
+    elif not any(k.startswith("privacy.") for k in m):
+        m = {**_privacy_of_children(children), **m}
     return tags, m
 
 
@@ -162,12 +174,19 @@ def row_from_run(
         teacher_accuracy=_accuracies(m, "teacher."),
         experiment=experiment,
         metrics={k: v for k, v in m.items() if k.startswith("verify.")},
+        privacy={k: v for k, v in m.items() if k.startswith("privacy.")},
     )
 
 
-def row_json(row: CompareRow) -> dict[str, Any]:
-    """A row as JSON, with its mean accuracy."""
-    return {**asdict(row), "mean_accuracy": row.mean_accuracy}
+def row_json(row: CompareRow, privacy: bool = False) -> dict[str, Any]:
+    """A row as JSON, with its mean accuracy; its ``privacy.*`` metrics only when asked."""
+    out = {**asdict(row), "mean_accuracy": row.mean_accuracy}
+    if privacy:
+        out["privacy"] = dict(sorted(row.privacy.items()))
+        out["privacy_columns"] = {name: row.privacy.get(key) for name, key, _ in PRIVACY_COLUMNS}
+    else:
+        del out["privacy"]
+    return out
 
 
 def collect_rows(experiments: list[str]) -> list[CompareRow]:
@@ -179,6 +198,7 @@ def collect_rows(experiments: list[str]) -> list[CompareRow]:
     mlflow.set_tracking_uri(tracking_uri())
     rows: list[CompareRow] = []
     references: dict[tuple[Any, ...], CompareRow] = {}  # the latest measurement of each
+    stage_runs: dict[str, Any] = {}  # run id -> stage run, of every experiment
     for name in experiments:
         try:
             exp = mlflow.get_experiment_by_name(name)
@@ -197,6 +217,7 @@ def collect_rows(experiments: list[str]) -> list[CompareRow]:
         for run in runs:
             if "facekd.stage" in run.data.tags:
                 children.setdefault(run.data.tags.get("mlflow.parentRunId", ""), []).append(run)
+                stage_runs[run.info.run_id] = run
         parents = sorted(
             (r for r in runs if not {"facekd.stage", "facekd.kind"} & set(r.data.tags)),
             key=lambda r: r.info.start_time,
@@ -210,6 +231,10 @@ def collect_rows(experiments: list[str]) -> list[CompareRow]:
             for stage in ("teacher", "distill", "export"):
                 if stage not in stages and (where, stage) in latest:
                     own = [*own, latest[(where, stage)]]
+            # a privacy stage reused from an earlier invocation: the one the summary names
+            reused = stage_runs.get(run.data.tags.get("facekd.run.privacy", ""))
+            if "privacy" not in stages and reused is not None:
+                own = [*own, reused]
             for c in children.get(run.info.run_id, []):
                 latest[(where, c.data.tags["facekd.stage"])] = c
             row = row_from_run(run, name, own)
@@ -226,14 +251,48 @@ def _reference_key(row: CompareRow) -> tuple[Any, ...]:
 
 DEFAULT_METRIC = "verify.mean.acc"
 
+# leakage of the privacy stage: lower is better (less of the face recovered / accepted)
+PRIVACY_LEAKAGE = ("psnr", "ssim", "accept")
+# ``facekd compare --privacy``: (column, metric, format)
+PRIVACY_COLUMNS = (
+    ("inv accept", "privacy.student.inversion.accept", ".3f"),
+    ("inv SSIM", "privacy.student.inversion.ssim", ".3f"),
+    ("twin grad PSNR", "privacy.twin.gradient_b1.psnr", ".1f"),
+    ("1-bit grad PSNR", "privacy.student.gradient_b1.psnr", ".1f"),
+)
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether ``metric`` is a privacy leakage metric (``privacy.<model>.<attack>.psnr``,
+    ``.ssim``, ``.accept``): the best run leaks least."""
+    return metric.startswith("privacy.") and metric.rsplit(".", 1)[-1] in PRIVACY_LEAKAGE
+
+
+def _check_privacy_metric(metric: str) -> None:
+    parts = metric.split(".")
+    ok = len(parts) == 4 and (
+        (parts[2] == "templates" and parts[3] in ("acc", "sign_acc"))
+        or (parts[2] != "templates" and parts[3] in PRIVACY_LEAKAGE)
+    )
+    if not ok:
+        raise ConfigError(
+            f"--metric {metric}: expected privacy.<model>.<attack>.<psnr|ssim|accept> (lower is "
+            "better) or privacy.<model>.templates.<acc|sign_acc>, e.g. "
+            "privacy.student.inversion.accept"
+        )
+
 
 def metric_value(row: CompareRow, metric: str) -> float | None:
     """The row's ``verify.mean.acc`` (its sets' mean for older runs), ``verify.<set>.acc`` or
-    any other ``verify.<set>.<metric>`` it logged (``auc``, ``acc_at_far``, ...); else None."""
+    any other ``verify.<set>.<metric>`` it logged (``auc``, ``acc_at_far``, ...), or a
+    ``privacy.<model>.<attack>.<metric>`` of its privacy stage; else None."""
+    if metric.startswith("privacy."):
+        _check_privacy_metric(metric)
+        return row.privacy.get(metric)
     if not metric.startswith("verify.") or metric.count(".") < 2:
         raise ConfigError(
             f"--metric {metric}: expected verify.<set>.<metric>, e.g. {DEFAULT_METRIC}, "
-            "verify.lfw.acc or verify.lfw.acc_at_far"
+            "verify.lfw.acc or verify.lfw.acc_at_far, or privacy.<model>.<attack>.<metric>"
         )
     if metric == DEFAULT_METRIC:
         return row.mean_accuracy
@@ -242,9 +301,23 @@ def metric_value(row: CompareRow, metric: str) -> float | None:
     return row.metrics.get(metric)
 
 
+def _score(row: CompareRow, metric: str) -> float | None:
+    """``metric`` oriented so that higher is better (leakage metrics negated)."""
+    value = metric_value(row, metric)
+    return None if value is None else -value if lower_is_better(metric) else value
+
+
+def sort_key(row: CompareRow, metric: str) -> tuple[float, float]:
+    """Best first by ``metric`` (lowest first for leakage metrics), then fastest; rows
+    without the metric last."""
+    score = _score(row, metric)
+    return (math.inf if score is None else -score, -(row.fps or 0.0))
+
+
 def mark_pareto(rows: list[CompareRow], metric: str) -> None:
-    """Flag rows that no other row beats on both accuracy (``metric``) and FPS."""
-    scored = [(r, metric_value(r, metric), r.fps) for r in rows]
+    """Flag rows that no other row beats on both ``metric`` (accuracy; least leakage for
+    privacy leakage metrics) and FPS."""
+    scored = [(r, _score(r, metric), r.fps) for r in rows]
     for row, acc, fps in scored:
         if acc is None or fps is None:
             row.pareto = False
@@ -276,12 +349,15 @@ def _num(value: float | None, scale: float = 1.0, spec: str = ".2f") -> str:
     return "-" if value is None or math.isnan(value) else format(value / scale, spec)
 
 
-def format_table(rows: list[CompareRow], metric: str) -> str:
+def format_table(rows: list[CompareRow], metric: str, privacy: bool = False) -> str:
     """A fixed-width table, best first; ``*`` marks the Pareto front. A column per evaluation
-    set, their mean, and ``metric`` when it is neither."""
+    set, their mean, and ``metric`` when it is neither; with ``privacy`` the columns of
+    ``PRIVACY_COLUMNS`` last (``-`` for runs without a privacy stage)."""
     sets = set_columns(rows)
     accuracy_columns = [f"verify.{name}.acc" for name in sets] + [DEFAULT_METRIC]
-    extra = [] if metric in accuracy_columns else [metric]
+    shown = accuracy_columns + ([key for _, key, _ in PRIVACY_COLUMNS] if privacy else [])
+    extra = [] if metric in shown else [metric]
+    privacy_columns = PRIVACY_COLUMNS if privacy else ()
     header = (
         "P",
         "run",
@@ -300,6 +376,7 @@ def format_table(rows: list[CompareRow], metric: str) -> str:
         "latency ms",
         "FPS",
         "speedup",
+        *(name for name, _, _ in privacy_columns),
     )
     lines = [header]
     for r in rows:
@@ -320,6 +397,7 @@ def format_table(rows: list[CompareRow], metric: str) -> str:
                 _num(r.latency_ms),
                 _num(r.fps, 1.0, ".0f"),
                 _num(r.speedup, 1.0, ".2f") + ("x" if r.speedup else ""),
+                *(_num(r.privacy.get(key), 1.0, spec) for _, key, spec in privacy_columns),
             )
         )
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
@@ -376,8 +454,13 @@ def plot_pareto(rows: list[CompareRow], metric: str, path: Path) -> Path:
             arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6},
         )
     ax.set_xlabel("FPS (batch 1: students in the LCE interpreter, references on XNNPACK)")
-    ax.set_ylabel(f"{metric} (10-fold)")
-    ax.set_title("Accuracy vs speed of exported students and reference models")
+    if metric.startswith("privacy."):
+        lower = " (lower = less leakage)" if lower_is_better(metric) else ""
+        ax.set_ylabel(metric + lower)
+        ax.set_title(f"{metric} vs speed of exported students")
+    else:
+        ax.set_ylabel(f"{metric} (10-fold)")
+        ax.set_title("Accuracy vs speed of exported students and reference models")
     ax.grid(alpha=0.3)
     if points:
         ax.legend(loc="lower left")
@@ -391,9 +474,15 @@ def plot_pareto(rows: list[CompareRow], metric: str, path: Path) -> Path:
 
 
 def compare(
-    experiments: list[str], metric: str | None, output: Path, log_to_mlflow: bool = True
+    experiments: list[str],
+    metric: str | None,
+    output: Path,
+    log_to_mlflow: bool = True,
+    privacy: bool = False,
 ) -> tuple[list[CompareRow], str]:
-    """Rows sorted by ``metric`` (best first), Pareto front marked, ``pareto.png`` written.
+    """Rows sorted by ``metric`` (best first; least leakage first for privacy leakage
+    metrics), Pareto front marked, ``pareto.png`` written; ``privacy``: with the privacy
+    columns and metrics.
 
     The table (JSON and text) and the figure are logged to a ``compare`` run of the first
     experiment (tag ``facekd.kind=comparison``; never itself a row).
@@ -405,7 +494,7 @@ def compare(
         )
     metric = metric or default_metric(rows)
     mark_pareto(rows, metric)
-    rows.sort(key=lambda r: (-(metric_value(r, metric) or -1.0), -(r.fps or 0.0)))
+    rows.sort(key=lambda r: sort_key(r, metric))
     plot_pareto(rows, metric, output)
     if log_to_mlflow:
         import mlflow
@@ -417,9 +506,9 @@ def compare(
             tempfile.TemporaryDirectory() as tmp,
         ):
             table = Path(tmp) / "comparison.txt"
-            table.write_text(format_table(rows, metric) + "\n")
+            table.write_text(format_table(rows, metric, privacy) + "\n")
             data = Path(tmp) / "comparison.json"
-            data.write_text(json.dumps([row_json(r) for r in rows], indent=2))
+            data.write_text(json.dumps([row_json(r, privacy) for r in rows], indent=2))
             for p in (table, data, output):
                 mlflow.log_artifact(str(p))
             mlflow.log_param("metric", metric)

@@ -61,11 +61,87 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+PRIVACY_MODELS = (("teacher", "teacher"), ("twin", "float twin"), ("student", "1-bit student"))
+
+
+def privacy_metrics(client: Any, run: Any) -> dict[str, float]:
+    """``privacy.*`` of a pipeline run: its summary's, else its privacy stage run's
+    (``facekd.run.privacy``); empty when no privacy analysis was run."""
+    own = {k: v for k, v in run.data.metrics.items() if k.startswith("privacy.")}
+    stage_id = run.data.tags.get("facekd.run.privacy")
+    if own or not stage_id:
+        return own
+    try:
+        stage = client.get_run(stage_id)
+    except Exception:  # noqa: BLE001 - deleted stage run or unreachable store: no section
+        return {}
+    return {k: v for k, v in stage.data.metrics.items() if k.startswith("privacy.")}
+
+
+def privacy_section(m: dict[str, float]) -> str:
+    """The model card's privacy section from ``privacy.*`` metrics (a line when none)."""
+    if not any(k.startswith("privacy.") for k in m):
+        return (
+            "## Privacy\nNo privacy analysis was run for this release (no `privacy.*` metrics).\n"
+        )
+
+    def attack(model: str, name: str) -> str:
+        p = f"privacy.{model}.{name}."
+        return (
+            f"{_fmt(m.get(p + 'ssim'), '.3f')} | {_fmt(m.get(p + 'psnr'), '.2f')} "
+            f"| {_fmt(m.get(p + 'accept'), '.3f')}"
+        )
+
+    def gradient(model: str, batch: str) -> str:
+        p = f"privacy.{model}.gradient_{batch}."
+        return f"{_fmt(m.get(p + 'psnr'), '.2f')} | {_fmt(m.get(p + 'accept'), '.3f')}"
+
+    rows = "\n".join(
+        f"| {label} | {attack(model, 'inversion')} | {attack(model, 'inversion_sign')} "
+        f"| {gradient(model, 'b1')} | {gradient(model, 'b4')} "
+        f"| {_fmt(m.get(f'privacy.{model}.templates.acc'), '.4f')} "
+        f"| {_fmt(m.get(f'privacy.{model}.templates.sign_acc'), '.4f')} |"
+        for model, label in PRIVACY_MODELS
+    )
+    sanity = m.get("privacy.sanity.gradient_b1.psnr")
+    sanity_line = (
+        ""
+        if sanity is None
+        else f"\nSanity check of the gradient attack (batch 1): PSNR {sanity:.2f} dB.\n"
+    )
+    return f"""## Privacy
+How much of a face an attacker recovers from a template (embedding; sign template = its 1-bit
+signs, matched by Hamming distance) or from the gradients of one training step (batch 1 / 4).
+Accept is the share of reconstructions an independent judge model accepts as the person at
+FAR 1e-3: the attack's success rate; lower SSIM / PSNR / accept = less leakage.
+
+| model | inversion SSIM | inversion PSNR dB | inversion accept \
+| sign inversion SSIM | sign inversion PSNR dB | sign inversion accept \
+| gradient b1 PSNR dB | gradient b1 accept | gradient b4 PSNR dB | gradient b4 accept \
+| template acc | sign template acc |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+{rows}
+
+Judge: threshold {_fmt(m.get("privacy.judge.threshold"), ".4f")} (FAR 1e-3 on impostor \
+pairs); it accepts {_fmt(m.get("privacy.judge.accept_genuine"), ".3f")} of real pairs of \
+another image of the same person (the ceiling for accept). Template accuracies are \
+verification accuracies on the attacked set (sign templates: Hamming matching).
+{sanity_line}"""
+
+
 def model_card(
-    name: str, version: str, run: Any, embedding_size: int, report: dict[str, Any]
+    name: str,
+    version: str,
+    run: Any,
+    embedding_size: int,
+    report: dict[str, Any],
+    privacy: dict[str, float] | None = None,
 ) -> str:
-    """The release's model card: what goes in, what comes out, how good, how fast, limits."""
+    """The release's model card: what goes in, what comes out, how good, how fast, privacy
+    (``privacy``, else the run's ``privacy.*`` metrics), limits."""
     tags, m = run.data.tags, run.data.metrics
+    if privacy is None:
+        privacy = {k: v for k, v in m.items() if k.startswith("privacy.")}
     order = tags.get("facekd.eval_set", "").split(",")
     sets = sorted(
         (
@@ -136,6 +212,7 @@ measured on: {tags.get("facekd.bench_machine", "unknown machine")}
 {_fmt(m.get("bench.float_latency_ms_p50"), ".2f")} | {_fmt(m.get("bench.float_fps"), ".0f")} |
 | teacher, ONNX Runtime | {_fmt(m.get("bench.teacher_latency_ms_p50"), ".2f")} | |
 
+{privacy_section(privacy)}
 ## Known limits
 - Latencies above come from the machine named there. On x86 LCE has only generic C++ kernels;
   the target is ARM: measure on the device with LCE's `lce_benchmark_model` (see docs/export.md).
@@ -191,14 +268,15 @@ def release(run_id: str, name: str, version: str | None, output: Path) -> Path:
         lce = (staging / "student_lce.tflite").read_bytes()
         probe = np.zeros((1, 112, 112, 3), dtype=np.uint8)
         embedding_size = TFLiteRunner(lce).embed(images_to_input(probe)).shape[1]
+        privacy = privacy_metrics(client, run)
         (staging / "model_card.md").write_text(
-            model_card(name, version, run, embedding_size, report)
+            model_card(name, version, run, embedding_size, report, privacy)
         )
         metrics = {
             "name": name,
             "version": version,
             "source_run": run.info.run_id,
-            "metrics": dict(sorted(run.data.metrics.items())),
+            "metrics": dict(sorted({**run.data.metrics, **privacy}.items())),
             "tags": {k: v for k, v in sorted(run.data.tags.items()) if k.startswith("facekd.")},
         }
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))

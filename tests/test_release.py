@@ -229,3 +229,98 @@ def test_model_card_lists_every_set_and_the_mean() -> None:
     assert [r.split("|")[1].strip() for r in rows[:4]] == ["lfw", "cfp_fp", "agedb_30", "mean"]
     assert "| 0.8000 |" in rows[0] and "0.9500" in rows[0]  # at the fixed threshold; teacher
     assert "cosine >= 0.3100" in card
+
+
+def _card_run(metrics: dict, tags: dict | None = None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id="r1"),
+        data=SimpleNamespace(tags={"facekd.eval_set": "lfw", **(tags or {})}, metrics=metrics),
+    )
+
+
+PRIVACY = {
+    "privacy.teacher.inversion.ssim": 0.611,
+    "privacy.teacher.inversion.psnr": 17.25,
+    "privacy.teacher.inversion.accept": 0.875,
+    "privacy.teacher.inversion_sign.accept": 0.5,
+    "privacy.teacher.templates.acc": 0.9625,
+    "privacy.twin.gradient_b1.psnr": 24.5,
+    "privacy.twin.gradient_b1.accept": 0.75,
+    "privacy.student.inversion.ssim": 0.222,
+    "privacy.student.inversion.psnr": 11.5,
+    "privacy.student.inversion.accept": 0.125,
+    "privacy.student.inversion_sign.ssim": 0.111,
+    "privacy.student.gradient_b1.psnr": 9.75,
+    "privacy.student.gradient_b4.accept": 0.0,
+    "privacy.student.templates.acc": 0.9,
+    "privacy.student.templates.sign_acc": 0.85,
+    "privacy.judge.threshold": 0.4321,
+    "privacy.judge.accept_genuine": 0.9375,
+    "privacy.sanity.gradient_b1.psnr": 35.5,
+}
+
+
+def _table_row(card: str, label: str) -> list[str]:
+    line = next(line for line in card.splitlines() if line.startswith(f"| {label} |"))
+    return [c.strip() for c in line.split("|")[1:-1]]
+
+
+def test_model_card_privacy_section_states_the_leakage() -> None:
+    from pipelines.release import model_card
+
+    card = model_card("m", "1", _card_run({"verify.lfw.acc": 0.9, **PRIVACY}), 128, {})
+    section = card[card.index("## Privacy") : card.index("## Known limits")]
+    header = [c.strip() for c in section.splitlines()[6].split("|")[1:-1]]
+    assert header[0] == "model" and len(header) == 13
+    assert header[1:4] == ["inversion SSIM", "inversion PSNR dB", "inversion accept"]
+    assert header[-2:] == ["template acc", "sign template acc"]
+    teacher, twin, student = (
+        _table_row(section, x) for x in ("teacher", "float twin", "1-bit student")
+    )
+    assert teacher[1:5] == ["0.611", "17.25", "0.875", "n/a"]
+    assert teacher[6] == "0.500" and teacher[7:11] == ["n/a"] * 4 and teacher[11] == "0.9625"
+    assert twin[7:9] == ["24.50", "0.750"] and twin[1] == "n/a"
+    assert student[1:5] == ["0.222", "11.50", "0.125", "0.111"]
+    assert student[7] == "9.75" and student[10] == "0.000"
+    assert student[11:] == ["0.9000", "0.8500"]
+    assert "threshold 0.4321" in section and "accepts 0.938 of real pairs" in section
+    assert "FAR 1e-3" in section and "lower SSIM / PSNR / accept = less leakage" in section
+    assert "PSNR 35.50 dB" in section
+    assert "No privacy analysis" not in card
+    # given explicitly (from the privacy stage run) instead of the run's metrics
+    card = model_card("m", "1", _card_run({"verify.lfw.acc": 0.9}), 128, {}, PRIVACY)
+    assert _table_row(card, "1-bit student")[3] == "0.125"
+
+
+def test_model_card_without_privacy_metrics_says_so() -> None:
+    from pipelines.release import model_card
+
+    card = model_card("m", "1", _card_run({"verify.lfw.acc": 0.9}), 128, {})
+    assert "## Privacy\nNo privacy analysis was run for this release" in card
+    assert "| 1-bit student |" not in card and "Judge:" not in card
+    assert card.index("## Speed") < card.index("## Privacy") < card.index("## Known limits")
+
+
+def test_privacy_metrics_of_the_summary_or_the_privacy_stage_run() -> None:
+    from types import SimpleNamespace
+
+    from pipelines.release import privacy_metrics
+
+    stage = _card_run({"privacy.student.inversion.accept": 0.25, "verify.x.acc": 1.0})
+
+    class Client:
+        def get_run(self, run_id: str):
+            if run_id != "stage1":
+                raise KeyError(run_id)
+            return stage
+
+    client = Client()
+    summary = _card_run({"bench.fps": 1.0, "privacy.student.inversion.accept": 0.5})
+    assert privacy_metrics(client, summary) == {"privacy.student.inversion.accept": 0.5}
+    linked = _card_run({"bench.fps": 1.0}, {"facekd.run.privacy": "stage1"})
+    assert privacy_metrics(client, linked) == {"privacy.student.inversion.accept": 0.25}
+    gone = _card_run({"bench.fps": 1.0}, {"facekd.run.privacy": "deleted"})
+    assert privacy_metrics(client, gone) == {}
+    assert privacy_metrics(SimpleNamespace(), _card_run({"bench.fps": 1.0})) == {}
