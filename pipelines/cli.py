@@ -27,6 +27,7 @@ from pipelines.commands import (  # noqa: E402
     doctor,
     evaluate,
     pack,
+    privacy,
     profile,
     release,
     run,
@@ -34,7 +35,20 @@ from pipelines.commands import (  # noqa: E402
 )
 from pipelines.environment import facekd_version  # noqa: E402
 
-COMMANDS = (run, ablate, evaluate, align, compare, profile, bench, release, doctor, sync, pack)
+COMMANDS = (
+    run,
+    ablate,
+    evaluate,
+    align,
+    compare,
+    privacy,
+    profile,
+    bench,
+    release,
+    doctor,
+    sync,
+    pack,
+)
 """The verbs' modules (``pipelines/commands/``), in the order of ``facekd --help``."""
 
 

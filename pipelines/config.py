@@ -10,7 +10,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-STAGE_ORDER = ("teacher", "distill", "export", "evaluate")
+STAGE_ORDER = ("teacher", "distill", "export", "evaluate", "privacy")
+DEFAULT_STAGES = STAGE_ORDER[:4]  # ``privacy`` is optional: it trains attacks for minutes
+StageName = Literal["teacher", "distill", "export", "evaluate", "privacy"]
 
 
 class ConfigError(ValueError):
@@ -251,14 +253,69 @@ class EvaluateConfig(Section):
     teacher_tflite: bool = True
 
 
+class InversionConfig(Section):
+    """Template inversion: a decoder (``decoder_width`` channels) trained ``steps`` Adam steps
+    on the attacker's faces; ``identity_weight`` adds the cosine between the model's template
+    of a reconstruction and the original template to the pixel loss."""
+
+    steps: int = Field(1500, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    decoder_width: int = Field(32, ge=4)
+    identity_weight: float = Field(0.0, ge=0)
+    sign_templates: bool = True  # also attack 1-bit (sign) templates
+
+
+class GradientLeakageConfig(Section):
+    """Inverting gradients (Geiping et al. 2020): ``iterations`` of signed Adam on dummy faces
+    matching the cosine of the observed gradient, plus ``tv_weight`` total variation; the first
+    ``faces`` attacked faces in batches of each of ``batch_sizes``."""
+
+    iterations: int = Field(500, ge=0)
+    lr: float = Field(0.1, gt=0)
+    tv_weight: float = Field(1e-4, ge=0)
+    batch_sizes: list[int] = [1, 4]
+    faces: int = Field(4, ge=1)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(b < 1 for b in v):
+            raise ValueError("batch sizes must be positive integers (at least one)")
+        return v
+
+
+class PrivacyConfig(Section):
+    """How much of a face leaks from the teacher, the float twin and the 1-bit student.
+
+    ``attacker``: folders of faces of people disjoint from the attacked ones (any depth, no
+    labels), at most ``attacker_images`` of them, evenly spaced; null: the training faces.
+    ``targets``: an ImageFolder of the attacked people; null: the evaluation people (held-out
+    people of ``data.train``, or ``data.eval`` when it is one ImageFolder). ``judge``: a facekd
+    model artifact (``.pt``) or a checkpoint of ``judge_model``; null: the teacher."""
+
+    attacker: list[str] = []
+    attacker_images: int = Field(5000, ge=16)
+    targets: str | None = None
+    attacked_people: int = Field(100, ge=2)
+    judge: str | None = None
+    judge_model: str = "mobilefacenet"
+    judge_args: dict[str, Any] = {}
+    far: float = Field(1e-3, gt=0, lt=1)
+    inversion: InversionConfig = InversionConfig()
+    gradient: GradientLeakageConfig = GradientLeakageConfig()
+    grid_faces: int = Field(8, ge=1)
+
+
 class PipelineConfig(Section):
     pipeline: PipelineInfo
-    stages: list[Literal["teacher", "distill", "export", "evaluate"]] = list(STAGE_ORDER)
+    stages: list[StageName] = list(DEFAULT_STAGES)
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
     distill: DistillConfig = DistillConfig()
     export: ExportConfig = ExportConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _stage_order(self) -> PipelineConfig:
@@ -387,6 +444,19 @@ def _resolve_paths(config: PipelineConfig, source: Path) -> None:
     ckpt = config.teacher.checkpoint
     if ckpt and "teacher" in config.stages and not Path(ckpt).is_file():
         raise ConfigError(f"{source}: teacher.checkpoint: file {ckpt} does not exist")
+    if "privacy" in config.stages:
+        check_privacy(config.privacy, source)
+
+
+def check_privacy(cfg: PrivacyConfig, source: str | os.PathLike) -> None:
+    """The privacy section's folders and judge exist (ConfigError naming the key)."""
+    for i, folder in enumerate(cfg.attacker):
+        if not Path(folder).is_dir():
+            raise ConfigError(f"{source}: privacy.attacker[{i}]: folder {folder} does not exist")
+    if cfg.targets and not Path(cfg.targets).is_dir():
+        raise ConfigError(f"{source}: privacy.targets: folder {cfg.targets} does not exist")
+    if cfg.judge and not Path(cfg.judge).is_file():
+        raise ConfigError(f"{source}: privacy.judge: file {cfg.judge} does not exist")
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

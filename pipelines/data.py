@@ -431,6 +431,11 @@ class DataContext:
         pairs = make_pairs(index.labels, self.cfg.eval_pairs, self.config.pipeline.seed)
         return [VerificationSet(self.eval_name, images, pairs)]
 
+    def heldout_people(self) -> tuple[torch.Tensor, np.ndarray]:
+        """The held-out evaluation people (``data.eval`` null): uint8 faces and labels."""
+        images, index = self._heldout
+        return images, index.labels
+
     @cached_property
     def _heldout(self) -> tuple[torch.Tensor, FaceIndex]:
         assert self.eval_index is not None

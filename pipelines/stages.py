@@ -1,4 +1,4 @@
-"""The four stages: what each needs, what it produces, and how it runs.
+"""The stages: what each needs, what it produces, and how it runs.
 
 Only this layer knows the order of stages and how their artifacts connect; the work itself
 is done by ``teachers``, ``students``, ``distill`` and ``export``.
@@ -515,8 +515,84 @@ def _reference_flatbuffers(ctx: StageContext) -> dict[str, bytes]:
     return {name: path.read_bytes() for name, path in paths.items()}
 
 
+class PrivacyStage(Stage):
+    """How much of a face leaks from the teacher, the float twin and the 1-bit student:
+    template inversion and gradient leakage under one budget (``faces.privacy``)."""
+
+    name = "privacy"
+    needs = ("teacher", "student")
+    produces = ("privacy",)
+
+    def settings(self, config: PipelineConfig) -> dict[str, Any]:
+        s = config.privacy.model_dump()
+        s["attacker"] = [str(Path(f).resolve()) for f in config.privacy.attacker]
+        for key in ("targets", "judge"):
+            if s[key]:
+                s[key] = str(Path(s[key]).resolve())
+        return s
+
+    def external_inputs(self, config: PipelineConfig) -> dict[str, str]:
+        from faces.data import folder_fingerprint
+
+        cfg = config.privacy
+        out = {f"attacker.{i}": folder_fingerprint(f) for i, f in enumerate(cfg.attacker)}
+        if cfg.targets:
+            out["targets"] = folder_fingerprint(cfg.targets)
+        if cfg.judge:
+            out["judge"] = sha256_file(cfg.judge)
+        return out
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from faces.privacy.analysis import analyse
+        from pipelines.privacy import attacker_faces, budget_of, load_judge, models_of
+
+        cfg = ctx.config.privacy
+        models = models_of(ctx.inputs["teacher"], ctx.inputs["student"])
+        judge, about = load_judge(cfg, models["teacher"], ctx.inputs["teacher"])
+        print(f"[privacy] judge: {about}")
+        if cfg.attacker:
+            attacker = attacker_faces(cfg.attacker, cfg.attacker_images, ctx.data.cfg.bad_images)
+        else:  # the training people: disjoint from the evaluation people
+            attacker = torch.from_numpy(
+                ctx.data.calibration_faces(cfg.attacker_images).transpose(0, 3, 1, 2).copy()
+            )
+        result = analyse(
+            models,
+            torch_embed_fn(judge),
+            attacker,
+            _privacy_targets(ctx),
+            budget_of(cfg, ctx.config.pipeline.seed),
+            ctx.stage_dir,
+            log=print,
+        )
+        outputs = {"privacy": ctx.stage_dir / "privacy.json"}
+        outputs.update({f"privacy_{k}": path for k, path in result.grids.items()})
+        return StageResult(outputs, {f"privacy.{k}": v for k, v in result.metrics.items()})
+
+
+def _privacy_targets(ctx: StageContext) -> Any:
+    """The attacked people: ``privacy.targets``, else the held-out evaluation people, else
+    ``data.eval`` when it is one ImageFolder (a ``.bin`` or several sets have no one answer)."""
+    from faces.privacy.analysis import TargetSet
+    from pipelines.privacy import target_set
+
+    cfg, data = ctx.config.privacy, ctx.data
+    if cfg.targets:
+        return target_set(cfg.targets, data.cfg.manifest)
+    if not data.separate_eval:
+        return TargetSet(*data.heldout_people())
+    specs = data.eval_specs
+    if len(specs) == 1 and Path(specs[0].path).is_dir():
+        return target_set(specs[0].path, data.cfg.manifest)
+    raise FaceDataError(
+        "privacy.targets: name an ImageFolder of the attacked people (data.eval is "
+        f"{', '.join(s.path for s in specs)}: not one ImageFolder with identity labels)"
+    )
+
+
 STAGES: dict[str, Stage] = {
-    s.name: s for s in (TeacherStage(), DistillStage(), ExportStage(), EvaluateStage())
+    s.name: s
+    for s in (TeacherStage(), DistillStage(), ExportStage(), EvaluateStage(), PrivacyStage())
 }
 
 

@@ -195,9 +195,9 @@ def run_summary(
             metrics[f"pytorch.{key}"] = value
         elif key == "model.params":
             metrics[key] = value
-    for stage in ("export", "evaluate"):
+    for stage in ("export", "evaluate", "privacy"):
         for key, value in records.get(stage, {}).get("metrics", {}).items():
-            if key.startswith(("verify.", "bench.", "model.", "export.", "reference.")):
+            if key.startswith(("verify.", "bench.", "model.", "export.", "reference.", "privacy.")):
                 metrics[key] = value
     delta = acc_delta_pt(records, eval_names)
     if delta is not None:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pipelines.config import (
-    STAGE_ORDER,
+    DEFAULT_STAGES,
     ConfigError,
     PipelineConfig,
     apply_override,
@@ -38,7 +38,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert cfg.pipeline.name == "t"
     assert cfg.pipeline.experiment == "facekd"
     assert cfg.pipeline.seed == 0
-    assert cfg.stages == list(STAGE_ORDER)
+    assert cfg.stages == list(DEFAULT_STAGES)
     assert cfg.data.train == "synthetic"
     assert cfg.data.eval_fraction == 0.25
     assert cfg.teacher.model == "vit_face_micro"
@@ -310,7 +310,7 @@ def test_flatten_config(tmp_path: Path) -> None:
     assert flat["distill.train.epochs"] == 10
     assert flat["teacher.train.head.name"] == "arcface"
     assert flat["distill.losses.cosine"] == 1.0
-    assert flat["stages"] == list(STAGE_ORDER)
+    assert flat["stages"] == list(DEFAULT_STAGES)
     assert all(not isinstance(v, dict) for v in flat.values())
 
 

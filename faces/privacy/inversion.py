@@ -6,8 +6,10 @@ decoder's image of its template (plus, optionally, an identity loss: the cosine 
 model's template of the reconstruction and the original template), under a fixed budget; it
 then reconstructs the attacked people from their templates alone.
 
-Images are float (N, 3, H, W) in the project's normalised range ``(pixel - 127.5) / 128``.
-Templates are the model's raw output on one image (no flip), optionally L2-normalised.
+Images are float (N, 3, H, W) in the project's normalised range ``(pixel - 127.5) / 128``, or
+uint8 pixels (normalised batch by batch, so a large attacker set stays small in memory).
+Templates are the model's raw output on one image (no flip), optionally L2-normalised, or its
+1-bit sign template (``sign``: +-1 per dimension, scaled to unit length).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faces.transforms import PIXEL_MEAN, PIXEL_SCALE
+from faces.transforms import PIXEL_MEAN, PIXEL_SCALE, normalise
 
 __all__ = [
     "IMAGE_LIMIT",
@@ -93,6 +95,7 @@ class InversionBudget:
     seed: int = 0
     identity_weight: float = 0.0
     normalize: bool = True
+    sign: bool = False  # attack 1-bit templates (sign of the embedding) instead
 
 
 @dataclass
@@ -123,17 +126,30 @@ def _frozen(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _template(out: torch.Tensor, normalize: bool) -> torch.Tensor:
+def _template(out: torch.Tensor, normalize: bool, sign: bool = False) -> torch.Tensor:
+    if sign:  # +-1 scaled to unit length: the 1-bit template as a decoder input
+        return torch.where(out >= 0, 1.0, -1.0) / out.shape[1] ** 0.5
     return F.normalize(out, dim=1) if normalize else out
 
 
+def _as_input(images: torch.Tensor) -> torch.Tensor:
+    """A batch in the normalised range (uint8 pixels are normalised)."""
+    return normalise(images) if images.dtype == torch.uint8 else images
+
+
 def templates_of(
-    model: nn.Module, images: torch.Tensor, normalize: bool = True, batch_size: int = 64
+    model: nn.Module,
+    images: torch.Tensor,
+    normalize: bool = True,
+    batch_size: int = 64,
+    sign: bool = False,
 ) -> torch.Tensor:
-    """The model's templates of normalised images, computed in eval mode without gradients."""
+    """The model's templates of images (normalised or uint8), in eval mode without gradients."""
     with _frozen(model), torch.no_grad():
-        rows = [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    return _template(torch.cat(rows), normalize)
+        rows = [
+            model(_as_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
+        ]
+    return _template(torch.cat(rows), normalize, sign)
 
 
 def train_decoder(
@@ -143,7 +159,7 @@ def train_decoder(
     loss and the wall time. Mini-batches are drawn with the budget's seed."""
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(budget.seed)
-    templates = templates_of(model, images, budget.normalize)
+    templates = templates_of(model, images, budget.normalize, sign=budget.sign)
     opt = torch.optim.Adam(decoder.parameters(), lr=budget.lr)
     decoder.train()
     loss = torch.zeros(())
@@ -153,7 +169,7 @@ def train_decoder(
                 0, len(images), (min(budget.batch_size, len(images)),), generator=gen
             )
             recon = decoder(templates[idx])
-            loss = F.mse_loss(recon, images[idx])
+            loss = F.mse_loss(recon, _as_input(images[idx]))
             if budget.identity_weight > 0:
                 again = _template(model(recon), True)
                 cos = (again * F.normalize(templates[idx], dim=1)).sum(1)
@@ -176,7 +192,7 @@ def template_inversion(
     reconstruct ``target_images`` from their templates only."""
     final_loss, train_seconds = train_decoder(model, decoder, attacker_images, budget)
     start = time.perf_counter()
-    templates = templates_of(model, target_images, budget.normalize)
+    templates = templates_of(model, target_images, budget.normalize, sign=budget.sign)
     with torch.no_grad():
         recon = decoder(templates)
     return InversionResult(recon, decoder, final_loss, train_seconds, time.perf_counter() - start)

@@ -20,6 +20,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print()
     print(summary_table(records, orch.data.eval_names))
     print()
+    if "privacy" in records:
+        from faces.privacy.analysis import format_table
+
+        print("Privacy: PSNR dB / SSIM / judge acceptance (lower = less leakage)")
+        print(format_table(records["privacy"]["metrics"], prefix="privacy."))
+        print()
     uri = tracking_uri()
     if uri.startswith("sqlite:"):
         print(f"Browse the runs: mlflow ui --backend-store-uri {uri}")
@@ -30,7 +36,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     run = sub.add_parser(
-        "run", help="run a pipeline YAML (stages: teacher, distill, export, evaluate)"
+        "run", help="run a pipeline YAML (stages: teacher, distill, export, evaluate, privacy)"
     )
     run.add_argument("pipeline", help="pipeline YAML file, e.g. pipelines/demo.yaml")
     run.add_argument(
