@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
+import operator
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex, overload
 
 import numpy as np
 import torch
@@ -28,19 +30,216 @@ class FaceDataError(ValueError):
     """Bad face data: the message names the file or folder and what is wrong."""
 
 
+class PathList(Sequence[Path]):
+    """An immutable sequence of image paths, stored compactly.
+
+    Behaves like the ``tuple[Path, ...]`` it replaces (``len``, ``[i]``, slices, iteration,
+    ``in``, ``==`` with a tuple or list of paths) but holds no Python object per path: the
+    names relative to their root are one UTF-8 byte buffer (``os.fsencode``, so undecodable
+    names round-trip) with int64 offsets, and each item is made on access as ``root / name``.
+    Indexes merged from several folders keep one root each and a small root number per path.
+    About 30 bytes per image (``id_012345/img_0001.jpg``) instead of 200 for a ``Path``, 294
+    once its string is cached (``benchmarks/index_memory.py``); pickling copies three arrays,
+    and forked loader workers share their pages (no reference count per path to touch).
+    """
+
+    __slots__ = ("_roots", "_data", "_offsets", "_root_of")
+
+    def __init__(
+        self,
+        roots: Sequence[str | os.PathLike],
+        data: np.ndarray,
+        offsets: np.ndarray,
+        root_of: np.ndarray | None = None,
+    ) -> None:
+        self._roots = tuple(Path(r) for r in roots)
+        self._data = np.ascontiguousarray(data, dtype=np.uint8)
+        self._offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self._root_of = None if root_of is None else np.asarray(root_of, dtype=np.int32)
+        if len(self._offsets) < 1 or self._offsets[-1] != len(self._data):
+            raise ValueError("PathList: offsets do not end at the buffer's length")
+        if root_of is None and len(self._roots) != 1:
+            raise ValueError("PathList: several roots need a root number per path")
+
+    # -- building ------------------------------------------------------------------------
+    @classmethod
+    def from_names(cls, root: str | os.PathLike, names: Iterable[str | bytes]) -> PathList:
+        """Paths ``root / name`` for relative ``names`` (``"person/image.jpg"``).
+
+        ``names`` is read in blocks: a generator is never held whole as Python objects."""
+        blocks: list[np.ndarray] = []
+        lengths: list[np.ndarray] = [np.zeros(1, np.int64)]
+        it = iter(names)
+        while block := [os.fsencode(n) for n in itertools.islice(it, 1 << 16)]:
+            lengths.append(np.fromiter(map(len, block), np.int64, len(block)))
+            blocks.append(np.frombuffer(b"".join(block), dtype=np.uint8))
+        data = np.concatenate(blocks) if blocks else np.zeros(0, np.uint8)
+        return cls((root,), data, np.cumsum(np.concatenate(lengths)))
+
+    @classmethod
+    def from_paths(cls, paths: Iterable[str | os.PathLike]) -> PathList:
+        """Any paths, kept whole (the root is ``.``: absolute paths stay absolute)."""
+        if isinstance(paths, PathList):
+            return paths
+        return cls.from_names(".", (os.fspath(p) for p in paths))
+
+    @classmethod
+    def concat(cls, lists: Sequence[PathList]) -> PathList:
+        """One list of all paths of ``lists`` in order (roots kept, each once)."""
+        lists = [p if isinstance(p, PathList) else cls.from_paths(p) for p in lists if len(p)]
+        if not lists:
+            return cls.from_names(".", [])
+        roots: list[Path] = []
+        root_of: list[np.ndarray] = []
+        for p in lists:
+            number = []
+            for r in p._roots:
+                if r not in roots:
+                    roots.append(r)
+                number.append(roots.index(r))
+            local = np.zeros(len(p), np.int32) if p._root_of is None else p._root_of
+            root_of.append(np.asarray(number, dtype=np.int32)[local])
+        data = np.concatenate([p._data for p in lists])
+        starts = np.cumsum([0] + [len(p._data) for p in lists])
+        offsets = np.concatenate(
+            [np.zeros(1, np.int64)]
+            + [p._offsets[1:] + s for p, s in zip(lists, starts[:-1], strict=True)]
+        )
+        if len(roots) == 1:
+            return cls(roots, data, offsets)
+        return cls(roots, data, offsets, np.concatenate(root_of))
+
+    # -- reading -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def name(self, i: int) -> str:
+        """The ``i``-th path relative to its root."""
+        return os.fsdecode(self._data[self._offsets[i] : self._offsets[i + 1]].tobytes())
+
+    def _root(self, i: int) -> Path:
+        return self._roots[0] if self._root_of is None else self._roots[self._root_of[i]]
+
+    @overload
+    def __getitem__(self, i: SupportsIndex) -> Path: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> PathList: ...
+
+    def __getitem__(self, i: SupportsIndex | slice) -> Path | PathList:
+        if isinstance(i, slice):
+            return self.take(np.arange(len(self))[i])
+        n = len(self)
+        k = operator.index(i)
+        if k < 0:
+            k += n
+        if not 0 <= k < n:
+            raise IndexError(f"PathList index {operator.index(i)} out of range ({n} paths)")
+        return self._root(k) / self.name(k)
+
+    def __iter__(self) -> Iterator[Path]:
+        step = 1 << 16  # paths decoded per block: no copy of the whole buffer
+        for a in range(0, len(self), step):
+            b = min(a + step, len(self))
+            offsets = (self._offsets[a : b + 1] - self._offsets[a]).tolist()
+            data = self._data[self._offsets[a] : self._offsets[b]].tobytes()
+            roots = (
+                [self._roots[0]] * (b - a)
+                if self._root_of is None
+                else [self._roots[r] for r in self._root_of[a:b].tolist()]
+            )
+            for k, root in enumerate(roots):
+                yield root / os.fsdecode(data[offsets[k] : offsets[k + 1]])
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> PathList:
+        """The paths at ``rows`` (any order, repeats allowed), in that order."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if len(rows) and (rows.min() < -n or rows.max() >= n):
+            raise IndexError(f"PathList.take: rows outside 0..{n - 1}")
+        rows = np.where(rows < 0, rows + n, rows)
+        starts = self._offsets[rows]
+        lengths = self._offsets[rows + 1] - starts
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        data = np.empty(int(offsets[-1]), dtype=np.uint8)
+        step = 1 << 16  # rows per gather: its byte index stays a few MB
+        for a in range(0, len(rows), step):
+            b = min(a + step, len(rows))
+            size = lengths[a:b]
+            if not size.sum():
+                continue
+            index = np.repeat(starts[a:b] - offsets[a:b], size)
+            index += np.arange(offsets[a], offsets[b])
+            data[offsets[a] : offsets[b]] = self._data[index]
+        root_of = None if self._root_of is None else self._root_of[rows]
+        return PathList(self._roots, data, offsets, root_of)
+
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (the roots aside)."""
+        extra = 0 if self._root_of is None else self._root_of.nbytes
+        return self._data.nbytes + self._offsets.nbytes + extra
+
+    # -- comparing, pickling -------------------------------------------------------------
+    def _same_layout(self, other: PathList) -> bool:
+        return self._roots == other._roots and (
+            (self._root_of is None and other._root_of is None)
+            or (
+                self._root_of is not None
+                and other._root_of is not None
+                and np.array_equal(self._root_of, other._root_of)
+            )
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PathList):
+            if len(self) != len(other):
+                return False
+            if self._same_layout(other):
+                return np.array_equal(self._offsets, other._offsets) and np.array_equal(
+                    self._data, other._data
+                )
+            return all(a == b for a, b in zip(self, other, strict=True))
+        if isinstance(other, tuple | list):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __hash__(self) -> int:  # the tuple's hash: equal to a tuple of the same paths
+        return hash(tuple(self))
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, str | os.PathLike):
+            return False
+        item = Path(item)
+        return any(p == item for p in self)
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(p) for p in self[:2])
+        more = ", ..." if len(self) > 2 else ""
+        return f"PathList([{head}{more}], {len(self)} paths)"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PathList, (self._roots, self._data, self._offsets, self._root_of))
+
+
 @dataclass(frozen=True)
 class FaceIndex:
     """The images of a face set and their identity labels.
 
-    An ImageFolder has one path per image; a RecordIO set (``train.rec``) has no paths but the
-    position of every image in its :class:`~faces.recordio.RecordIOFaces` (``records``).
+    An ImageFolder has one path per image (a compact :class:`PathList`); a RecordIO set
+    (``train.rec``) has no paths but the position of every image in its
+    :class:`~faces.recordio.RecordIOFaces` (``records``).
     """
 
     root: Path
-    paths: tuple[Path, ...]
+    paths: PathList | tuple[Path, ...]  # () for RecordIO and chunked sets
     labels: np.ndarray  # int64, index into ``identities``
     identities: tuple[str, ...]
     records: np.ndarray | None = None  # int64 RecordIOFaces positions; None: ImageFolder
+
+    def __post_init__(self) -> None:
+        if len(self.paths) and not isinstance(self.paths, PathList):
+            object.__setattr__(self, "paths", PathList.from_paths(self.paths))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -50,7 +249,7 @@ class FaceIndex:
         rows = np.asarray(rows, dtype=np.int64)
         return FaceIndex(
             root=self.root,
-            paths=tuple(self.paths[i] for i in rows) if self.paths else (),
+            paths=self.paths.take(rows) if isinstance(self.paths, PathList) else (),
             labels=self.labels[rows],
             identities=self.identities,
             records=None if self.records is None else self.records[rows],
@@ -68,7 +267,7 @@ class FaceIndex:
         rows = np.flatnonzero(new >= 0)
         return FaceIndex(
             root=self.root,
-            paths=tuple(self.paths[i] for i in rows) if self.paths else (),
+            paths=self.paths.take(rows) if isinstance(self.paths, PathList) else (),
             labels=new[rows].astype(np.int64),
             identities=tuple(identities),
             records=None if self.records is None else self.records[rows],
@@ -84,10 +283,10 @@ def merge_indices(indices: Sequence[FaceIndex]) -> FaceIndex:
             raise ValueError(f"{index.root}: RecordIO sets cannot be merged with ImageFolders")
         labels.append(index.labels + len(identities))
         identities += [f"{index.root.name}/{name}" for name in index.identities]
-        paths += index.paths
+        paths.append(index.paths)
     return FaceIndex(
         root=indices[0].root,
-        paths=tuple(paths),
+        paths=PathList.concat(paths),
         labels=np.concatenate(labels).astype(np.int64),
         identities=tuple(identities),
     )
@@ -278,21 +477,22 @@ def scan_image_folder(
         raise FaceDataError(
             f"face data path {root} is not a folder (expected root/<person>/<image>)"
         )
-    paths: list[Path] = []
+    kept: list[tuple[str, list[str]]] = []
     labels: list[int] = []
-    identities: list[str] = []
     for person, files in sorted(list_image_folder(root, cache, manifest).items()):
         if len(files) < min_images:
             continue
-        identities.append(person)
-        paths.extend(root / person / f for f in files)
-        labels.extend([len(identities) - 1] * len(files))
-    if not paths:
+        kept.append((person, files))
+        labels.extend([len(kept) - 1] * len(files))
+    if not labels:
         raise FaceDataError(
             f"face data folder {root} holds no identities with >= {min_images} images "
             "(expected root/<person>/<image>.jpg)"
         )
-    return FaceIndex(root, tuple(paths), np.array(labels, dtype=np.int64), tuple(identities))
+    identities = tuple(person for person, _ in kept)
+    # one byte buffer of "person/image" names, not a Path object per image
+    paths = PathList.from_names(root, (f"{p}/{f}" for p, files in kept for f in files))
+    return FaceIndex(root, paths, np.array(labels, dtype=np.int64), identities)
 
 
 def folder_fingerprint(root: str | os.PathLike) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,10 +17,12 @@ from PIL import Image
 from faces.data import (
     FaceDataError,
     FaceImages,
+    PathList,
     folder_fingerprint,
     load_image,
     load_images,
     make_pairs,
+    merge_indices,
     scan_image_folder,
     split_identities,
 )
@@ -122,6 +125,79 @@ def test_subset_relabels(faces: Path) -> None:
         assert path.parent.name == sub.identities[label]
     with pytest.raises(ValueError):
         index.subset(["nobody"])
+
+
+# ---- PathList: the compact paths of an ImageFolder index ----------------------------------
+ODD_NAMES = [
+    "person_0/img 0.jpg",
+    "Zoë Ångström/ï ü 1.jpg",
+    "张伟/照片.png",
+    "person_0/" + os.fsdecode(b"caf\xe9.jpg"),  # not UTF-8: surrogate-escaped, as os.listdir
+    "a b/c  d.jpeg",
+]
+
+
+def test_pathlist_equals_tuple_of_paths() -> None:
+    root = Path("/data/faces")
+    old = tuple(root / n for n in ODD_NAMES)
+    new = PathList.from_names(root, ODD_NAMES)
+    assert len(new) == len(old) and new == old and old == tuple(new) and list(new) == list(old)
+    for i in range(-len(old), len(old)):
+        assert new[i] == old[i] and isinstance(new[i], Path)
+        assert new[np.int64(i)] == old[i] and str(new[i]) == str(old[i])
+    with pytest.raises(IndexError):
+        new[len(old)]
+    for s in (slice(None), slice(1, 4), slice(None, None, -1), slice(3, 1), slice(-2, None, 2)):
+        assert new[s] == old[s] and isinstance(new[s], PathList)
+    rows = np.array([4, 0, 0, -1, 2])
+    assert new.take(rows) == tuple(old[i] for i in rows)
+    assert new.take([]) == () and not new.take([]) and len(new.take(np.zeros(0, int))) == 0
+    assert new.take([1, 3]).take([1]) == (old[3],)
+    with pytest.raises(IndexError):
+        new.take([5])
+    assert old[2] in new and root / "person_0/other.jpg" not in new
+    assert hash(new) == hash(old) and new != old[:-1] and new != new[1:]
+    back = pickle.loads(pickle.dumps(new))
+    assert back == new and back == old and isinstance(back, PathList)
+    # three arrays pickled, not a Path per item
+    assert len(pickle.dumps(new)) < new.nbytes() + 1000
+    assert PathList.from_paths(old) == old  # any paths: absolute and relative kept whole
+    assert PathList.from_paths([Path("rel/a.jpg")])[0] == Path("rel/a.jpg")
+
+
+def test_pathlist_concat_keeps_each_root() -> None:
+    a = PathList.from_names("/x", ["p/1.jpg", "p/2.jpg"])
+    b = PathList.from_names("/y", ["q/1.jpg"])
+    both = PathList.concat([a, b, a.take([1])])
+    old = (Path("/x/p/1.jpg"), Path("/x/p/2.jpg"), Path("/y/q/1.jpg"), Path("/x/p/2.jpg"))
+    assert both == old and both[2] == old[2] and both[::-1] == old[::-1]
+    assert both.take([2, 0]) == (old[2], old[0])
+    assert pickle.loads(pickle.dumps(both)) == old
+    assert PathList.concat([a, a]) == tuple(a) + tuple(a)
+
+
+def test_scan_paths_are_compact_and_open(tmp_path: Path) -> None:
+    root = tmp_path / "odd faces"
+    for k, name in enumerate(ODD_NAMES):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        _rgb(k).save(root / name, format="PNG" if name.endswith(".png") else "JPEG")
+    index = scan_image_folder(root)
+    assert isinstance(index.paths, PathList)
+    people = sorted({n.split("/")[0] for n in ODD_NAMES})
+    old = tuple(root / p / f for p in people for f in sorted(os.listdir(root / p)))
+    assert index.paths == old and len(index) == len(ODD_NAMES)
+    for path, label in zip(index.paths, index.labels, strict=True):
+        assert path.is_file() and path.parent.name == index.identities[label]
+        assert load_image(path).shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+    assert scan_image_folder(root).paths == index.paths  # from the manifest this time
+    back = pickle.loads(pickle.dumps(index))
+    assert back.paths == index.paths and back.paths[3].read_bytes() == old[3].read_bytes()
+    rows = [3, 0, 3]
+    assert index.take(rows).paths == tuple(old[i] for i in rows)
+    sub = index.subset([people[-1], people[0]])
+    assert sub.paths == tuple(p for p in old if p.parent.name in (people[-1], people[0]))
+    merged = merge_indices([index, scan_image_folder(root).take([0])])
+    assert merged.paths == old + (old[0],) and len(merged) == len(old) + 1
 
 
 # ---- decoding ------------------------------------------------------------------------------
