@@ -37,6 +37,7 @@ def budget_of(cfg: PrivacyConfig, seed: int) -> PrivacyBudget:
             seed=seed,
             identity_weight=inv.identity_weight,
         ),
+        attacks=tuple(dict.fromkeys(cfg.attacks)),
         decoder_width=inv.decoder_width,
         sign_templates=inv.sign_templates,
         gradient=GradientAttack(

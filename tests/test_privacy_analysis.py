@@ -144,6 +144,23 @@ def test_analysis_reports_every_attack_and_an_invertible_model_leaks_more(tmp_pa
     assert table.count("\n") == 4 and "1-bit student" in table and "float twin" in table
 
 
+def test_one_attack_alone(tmp_path) -> None:
+    attacker, targets = people(12, 2, seed=1).images, people(6, 2, seed=2)
+    models = {"teacher": Pixels(), "twin": Blind(), "student": Blind()}
+    budget = tiny_budget(attacks=("gradient",), gradient=GradientAttack(iterations=3))
+    report = analyse(
+        models, torch_embed_fn(Pixels()), attacker, targets, budget, tmp_path, log=lambda _: None
+    )
+    assert not any(".inversion" in k for k in report.metrics)
+    assert "student.gradient_b2.psnr" in report.metrics and set(report.grids) == {"gradient"}
+    budget = tiny_budget(attacks=("inversion",), inversion=InversionBudget(steps=2))
+    report = analyse(
+        models, torch_embed_fn(Pixels()), attacker, targets, budget, tmp_path, log=lambda _: None
+    )
+    assert not any(".gradient" in k for k in report.metrics) and set(report.grids) == {"inversion"}
+    assert "sanity.gradient_b1.psnr" not in report.metrics
+
+
 def test_the_same_budget_gives_the_same_figures(tmp_path) -> None:
     attacker, targets = people(12, 2, seed=1).images, people(6, 2, seed=2)
     budget = tiny_budget(

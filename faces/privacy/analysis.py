@@ -63,6 +63,7 @@ LOG = Callable[[str], None]
 class PrivacyBudget:
     """The one budget every model gets (attacks, faces, decoder size)."""
 
+    attacks: tuple[str, ...] = ("inversion", "gradient")
     inversion: InversionBudget = field(default_factory=InversionBudget)
     decoder_width: int = 32
     sign_templates: bool = True
@@ -244,6 +245,8 @@ def analyse(
     n_grid = min(budget.grid_faces, len(rows))
     inversion_grid = {"original": originals[:n_grid]}
     kinds = [("inversion", False)] + ([("inversion_sign", True)] if budget.sign_templates else [])
+    if "inversion" not in budget.attacks:
+        kinds = []
     for name, model in models.items():
         metrics.update(
             {f"{name}.{k}": v for k, v in _template_accuracy(model, targets, pairs).items()}
@@ -261,12 +264,15 @@ def analyse(
                 result.reconstructions[:n_grid], "normalised"
             )
             log(_line(name, attack, found))
-    grids = {"inversion": save_grid(inversion_grid, out_dir / "privacy_inversion.png")}
+    grids = {}
+    if kinds:
+        grids["inversion"] = save_grid(inversion_grid, out_dir / "privacy_inversion.png")
 
     attacked = originals[: budget.gradient_faces]
     attacked_refs = references[: budget.gradient_faces]
     gradient_grid = {"original": attacked}
-    if "teacher" in models and any(m in models for m in GRADIENT_MODELS):
+    gradient = "gradient" in budget.attacks and budget.gradient_batch_sizes
+    if gradient and "teacher" in models and any(m in models for m in GRADIENT_MODELS):
         teacher_templates = templates_of(models["teacher"], attacked)
         for name in (m for m in GRADIENT_MODELS if m in models):
             for batch in budget.gradient_batch_sizes:
