@@ -22,6 +22,7 @@ __all__ = [
     "models_of",
     "load_judge",
     "attacker_faces",
+    "no_faces",
     "target_set",
 ]
 
@@ -92,6 +93,11 @@ def _image_paths(folders: list[str]) -> list[Path]:
     return sorted(
         p for f in folders for p in Path(f).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
     )
+
+
+def no_faces(size: int = 112) -> torch.Tensor:
+    """An empty uint8 batch: the attacker's faces when no template inversion runs."""
+    return torch.zeros((0, 3, size, size), dtype=torch.uint8)
 
 
 def attacker_faces(folders: list[str], limit: int, bad_images: str = "fail") -> torch.Tensor:

@@ -544,13 +544,15 @@ class PrivacyStage(Stage):
 
     def run(self, ctx: StageContext) -> StageResult:
         from faces.privacy.analysis import analyse
-        from pipelines.privacy import attacker_faces, budget_of, load_judge, models_of
+        from pipelines.privacy import attacker_faces, budget_of, load_judge, models_of, no_faces
 
         cfg = ctx.config.privacy
         models = models_of(ctx.inputs["teacher"], ctx.inputs["student"])
         judge, about = load_judge(cfg, models["teacher"], ctx.inputs["teacher"])
         print(f"[privacy] judge: {about}")
-        if cfg.attacker:
+        if "inversion" not in cfg.attacks:
+            attacker = no_faces()  # only the template inversion needs the attacker's faces
+        elif cfg.attacker:
             attacker = attacker_faces(cfg.attacker, cfg.attacker_images, ctx.data.cfg.bad_images)
         else:  # the training people: disjoint from the evaluation people
             attacker = torch.from_numpy(

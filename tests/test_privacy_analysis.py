@@ -132,6 +132,9 @@ def test_analysis_reports_every_attack_and_an_invertible_model_leaks_more(tmp_pa
     assert m["teacher.inversion.psnr"] > m["student.inversion.psnr"] + 3
     assert m["teacher.inversion.accept"] > m["student.inversion.accept"]
     assert m["teacher.templates.acc"] > 0.9 and m["student.templates.acc"] <= 0.6
+    # the blind model's decoder learns the average face: no better than guessing it
+    assert m["teacher.inversion.psnr"] > m["baseline.mean_face.psnr"] + 3
+    assert abs(m["student.inversion.psnr"] - m["baseline.mean_face.psnr"]) < 1.5
     assert 0.0 < m["judge.accept_genuine"] <= 1.0 and m["attacked.faces"] == 6
     assert 30 < m["sanity.gradient_b1.psnr"] <= 100  # one linear layer gives a face back
     saved = json.loads((tmp_path / "privacy.json").read_text())
@@ -141,7 +144,12 @@ def test_analysis_reports_every_attack_and_an_invertible_model_leaks_more(tmp_pa
     assert Image.open(report.grids["gradient"]).size[1] == SIZE * (1 + 2 * 2)
     assert any("teacher inversion" in line for line in lines)
     table = format_table(m)
-    assert table.count("\n") == 4 and "1-bit student" in table and "float twin" in table
+    assert (
+        table.count("\n") == 5
+        and "no template (mean face)" in table
+        and "1-bit student" in table
+        and "float twin" in table
+    )
 
 
 def test_one_attack_alone(tmp_path) -> None:
@@ -304,6 +312,14 @@ def test_privacy_command_on_a_run_folder(workdir, monkeypatch, capsys):
     metrics = json.loads((workdir / "m.json").read_text())
     assert metrics["attacked.faces"] == 2 and "student.gradient_b1.psnr" in metrics
     assert (workdir / "report" / "privacy_inversion.png").is_file()
+
+    # gradient leakage alone needs no attacker faces
+    only = ["privacy", str(run_dir), "--targets", str(others), "--set", "attacks=[gradient]"]
+    assert main([*only, *budget, "--out", "grad", "--json", "g.json"]) == 0
+    metrics = json.loads((workdir / "g.json").read_text())
+    assert metrics["attacker.faces"] == 0 and not any(".inversion" in k for k in metrics)
+    assert main([*only[:2], "--targets", str(others)]) == 2
+    assert "--attacker" in capsys.readouterr().err
 
     assert main([*args, "--set", "inversion.stepz=2"]) == 2
     assert "inversion.stepz" in capsys.readouterr().err

@@ -177,6 +177,15 @@ def _best_order(recon: torch.Tensor, originals: torch.Tensor) -> torch.Tensor:
     return recon[torch.tensor(order)]
 
 
+def _mean_face(attacker: torch.Tensor, n: int) -> torch.Tensor:
+    """The attacker's average face (uint8), ``n`` times: the guess that needs no template."""
+    total = torch.zeros(attacker.shape[1:], dtype=torch.float64)
+    for start in range(0, len(attacker), 1024):
+        total += attacker[start : start + 1024].double().sum(0)
+    mean = (total / len(attacker)).round().to(torch.uint8)
+    return mean.expand(n, *mean.shape).contiguous()
+
+
 def _cosine_to(targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """The distillation loss of a batch whose teacher templates are ``targets``."""
 
@@ -247,6 +256,11 @@ def analyse(
     kinds = [("inversion", False)] + ([("inversion_sign", True)] if budget.sign_templates else [])
     if "inversion" not in budget.attacks:
         kinds = []
+    if kinds and len(attacker):
+        mean_face = _mean_face(attacker, len(originals))  # what no template at all gives
+        found = _image_metrics(normalise(mean_face), originals, references, judge)
+        metrics.update({f"baseline.mean_face.{k}": v for k, v in found.items()})
+        log(_line("baseline", "mean attacker face", {**found, "seconds": 0.0}))
     for name, model in models.items():
         metrics.update(
             {f"{name}.{k}": v for k, v in _template_accuracy(model, targets, pairs).items()}
@@ -373,4 +387,7 @@ def format_table(metrics: dict[str, float], prefix: str = "") -> str:
             value(f"{prefix}{model}.templates.sign_acc", ".4f"),
         ]
         lines.append("| " + " | ".join([title, *cells]) + " |")
+    if f"{prefix}baseline.mean_face.psnr" in metrics:  # the floor: no template at all
+        cells = [cell("baseline", "mean_face")] + ["-"] * (len(head) - 2)
+        lines.append("| " + " | ".join(["no template (mean face)", *cells]) + " |")
     return "\n".join(lines)

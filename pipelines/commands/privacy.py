@@ -57,11 +57,19 @@ def _cmd_privacy(args: argparse.Namespace) -> int:
     from faces.evaluate import torch_embed_fn
     from faces.privacy.analysis import analyse, format_table
     from pipelines.config import ConfigError
-    from pipelines.privacy import attacker_faces, budget_of, load_judge, models_of, target_set
+    from pipelines.privacy import (
+        attacker_faces,
+        budget_of,
+        load_judge,
+        models_of,
+        no_faces,
+        target_set,
+    )
 
     cfg = _settings(args)
-    if not cfg.attacker or not cfg.targets:
-        raise ConfigError("--attacker and --targets are required (folders of faces)")
+    inverting = "inversion" in cfg.attacks
+    if not cfg.targets or (inverting and not cfg.attacker):
+        raise ConfigError("--targets and (for template inversion) --attacker are required")
     teacher_path, student_path = _models(args)
     if student_path is not None and teacher_path is None and cfg.gradient.iterations:
         print("note: no teacher: gradient leakage (which needs the teacher's targets) is skipped")
@@ -72,7 +80,7 @@ def _cmd_privacy(args: argparse.Namespace) -> int:
     report = analyse(
         models,
         torch_embed_fn(judge),
-        attacker_faces(cfg.attacker, cfg.attacker_images),
+        attacker_faces(cfg.attacker, cfg.attacker_images) if inverting else no_faces(),
         target_set(cfg.targets),
         budget_of(cfg, args.seed),
         out,
