@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -49,7 +50,7 @@ class LossContext:
     bank: torch.Tensor | None = None
 
 
-class DistillLoss(nn.Module):
+class DistillLoss(nn.Module, ABC):
     """Base class: ``forward(student, teacher, labels)`` -> a scalar loss."""
 
     uses_teacher: ClassVar[bool] = True
@@ -60,10 +61,12 @@ class DistillLoss(nn.Module):
     def bind(self, context: LossContext) -> None:
         """Build what depends on the data (class heads); called once before training."""
 
+    @abstractmethod
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None
     ) -> torch.Tensor:
-        raise NotImplementedError
+        """The loss of a batch: student embeddings, teacher targets (None for teacher-free
+        losses) and identity labels (-1: unlabelled; None when no loss needs them)."""
 
 
 @DISTILL_LOSSES.register("cosine")

@@ -57,7 +57,7 @@ from pipelines.eval_sets import (
 )
 
 
-def _unlabelled_paths(folders: list[str]) -> list[Path]:
+def image_files_under(folders: list[str]) -> list[Path]:
     """Every image file under ``folders`` (any depth), sorted."""
     from faces.data import IMAGE_SUFFIXES
 
@@ -69,7 +69,7 @@ def _unlabelled_paths(folders: list[str]) -> list[Path]:
 def _listing_digest(folder: str) -> str:
     """The names of the image files under ``folder`` (any depth), hashed."""
     h = hashlib.sha256()
-    for p in _unlabelled_paths([folder]):
+    for p in image_files_under([folder]):
         h.update(f"{p}\n".encode())
     return h.hexdigest()
 
@@ -369,7 +369,7 @@ class DataContext:
         key = tuple(str(Path(f).resolve()) for f in folders)
         made = self.__dict__.setdefault("_unlabelled_sources", {})
         if key not in made:
-            paths = _unlabelled_paths(folders)
+            paths = image_files_under(folders)
             if self.fits_in_memory(len(paths)):
                 made[key] = TensorSource(self.unlabelled_images(folders))
             else:
@@ -463,7 +463,7 @@ class DataContext:
         return cache[key]
 
     def _decode_unlabelled(self, folders: list[str]) -> torch.Tensor:
-        paths = _unlabelled_paths(folders)
+        paths = image_files_under(folders)
         images, _, skipped = decode_images(
             lambda i: load_image(paths[i]), len(paths), bad_images=self.cfg.bad_images
         )

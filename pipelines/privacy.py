@@ -16,6 +16,7 @@ from faces.privacy.inversion import InversionBudget
 from faces.transforms import fill_black_border
 from pipelines.artifacts import load_model
 from pipelines.config import PrivacyConfig
+from pipelines.data import image_files_under
 
 __all__ = [
     "budget_of",
@@ -87,14 +88,6 @@ def load_judge(
     return model.eval(), f"{cfg.judge_model} from {path}"
 
 
-def _image_paths(folders: list[str]) -> list[Path]:
-    from faces.data import IMAGE_SUFFIXES
-
-    return sorted(
-        p for f in folders for p in Path(f).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-    )
-
-
 def no_faces(size: int = 112) -> torch.Tensor:
     """An empty uint8 batch: the attacker's faces when no template inversion runs."""
     return torch.zeros((0, 3, size, size), dtype=torch.uint8)
@@ -103,7 +96,7 @@ def no_faces(size: int = 112) -> torch.Tensor:
 def attacker_faces(folders: list[str], limit: int, bad_images: str = "fail") -> torch.Tensor:
     """Up to ``limit`` faces under ``folders`` (any depth), evenly spaced over the sorted
     listing, decoded to uint8; black alignment frames of tight crops filled."""
-    paths = _image_paths(folders)
+    paths = image_files_under(folders)
     if not paths:
         raise FaceDataError(f"privacy.attacker: no images under {', '.join(folders)}")
     rows = np.unique(np.linspace(0, len(paths) - 1, min(limit, len(paths))).astype(int))

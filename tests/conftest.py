@@ -24,6 +24,18 @@ def facekd_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield folder
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: far faster for tiny models on a shared, busy CPU (restored after
+    the module). Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, skipping the test when it is not there (a user's clone)."""
     path = SHARED.joinpath(*parts)

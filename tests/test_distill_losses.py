@@ -37,12 +37,7 @@ from teachers.train import margin_loss
 D, C = 16, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _emb(n: int = 8, dim: int = D, seed: int = 0) -> torch.Tensor:

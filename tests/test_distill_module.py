@@ -24,13 +24,7 @@ from students import create_student
 EMB = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: far faster for these tiny models on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pair(seed: int = 0, n: int = 6, dim: int = EMB) -> tuple[torch.Tensor, torch.Tensor]:

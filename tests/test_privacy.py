@@ -43,13 +43,7 @@ from faces.privacy.metrics import (
 )
 from faces.transforms import normalise
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def smooth(n: int, size: int, seed: int) -> torch.Tensor:

@@ -31,12 +31,7 @@ from faces.transforms import normalise
 SIZE = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def people(n_people: int, per_person: int, seed: int) -> TargetSet:

@@ -70,9 +70,7 @@ def foreign_lines(text: str, table: str) -> list[str]:
     return [
         line
         for line in text.splitlines()
-        if line.strip()
-        and line not in table_lines
-        and not any(p.fullmatch(line) for p in OWN)
+        if line.strip() and line not in table_lines and not any(p.fullmatch(line) for p in OWN)
     ]
 
 

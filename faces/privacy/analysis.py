@@ -26,9 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from faces.data import make_pairs
-from faces.evaluate import EmbedFn, embed_images, pair_embeddings, scores_of
+from faces.evaluate import EmbedFn, embed_images, pair_embeddings, scores_of, torch_embed_fn
 from faces.privacy.gradients import GradientAttack, invert_gradients, observed_gradient
-from faces.privacy.inversion import Decoder, InversionBudget, template_inversion, templates_of
+from faces.privacy.inversion import (
+    Decoder,
+    InversionBudget,
+    outputs_of,
+    template_inversion,
+    templates_of,
+)
 from faces.privacy.metrics import (
     acceptance_rate,
     binary_verification_metrics,
@@ -150,8 +156,6 @@ def _image_metrics(
 def _template_accuracy(model: nn.Module, targets: TargetSet, pairs: np.ndarray) -> dict[str, float]:
     """Verification accuracy of the model's float templates (cosine) and of its 1-bit sign
     templates (Hamming) on the attacked set, image + flip as everywhere in facekd."""
-    from faces.evaluate import torch_embed_fn
-
     emb, where = pair_embeddings(torch_embed_fn(model), targets.images, pairs)
     return {
         "templates.acc": verification_metrics(scores_of(emb, where), pairs[:, 2])["acc"],
@@ -265,14 +269,20 @@ def analyse(
         metrics.update(
             {f"{name}.{k}": v for k, v in _template_accuracy(model, targets, pairs).items()}
         )
+        if kinds:  # the model is queried once; both template kinds come from its outputs
+            queried = time.perf_counter()
+            attacker_out, target_out = outputs_of(model, attacker), outputs_of(model, originals)
+            query_seconds = time.perf_counter() - queried
         for attack, sign in kinds:
             inv = InversionBudget(**{**asdict(budget.inversion), "sign": sign})
-            dim = templates_of(model, originals[:2]).shape[1]
             torch.manual_seed(budget.seed)
-            decoder = Decoder(dim, originals.shape[-1], width=budget.decoder_width)
-            result = template_inversion(model, decoder, attacker, originals, inv)
+            decoder = Decoder(target_out.shape[1], originals.shape[-1], width=budget.decoder_width)
+            result = template_inversion(
+                model, decoder, attacker, originals, inv, attacker_out, target_out
+            )
             found = _image_metrics(result.reconstructions, originals, references, judge)
-            found["seconds"] = result.train_seconds + result.attack_seconds
+            # each attack's wall time includes the queries it needs on its own
+            found["seconds"] = query_seconds + result.train_seconds + result.attack_seconds
             metrics.update({f"{name}.{attack}.{k}": v for k, v in found.items()})
             inversion_grid[f"{name} {attack}"] = to_uint8(
                 result.reconstructions[:n_grid], "normalised"

@@ -31,6 +31,7 @@ __all__ = [
     "LinearDecoder",
     "InversionBudget",
     "InversionResult",
+    "outputs_of",
     "templates_of",
     "train_decoder",
     "template_inversion",
@@ -137,6 +138,16 @@ def _as_input(images: torch.Tensor) -> torch.Tensor:
     return normalise(images) if images.dtype == torch.uint8 else images
 
 
+def outputs_of(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The model's raw outputs on images (normalised or uint8), in eval mode without
+    gradients: computed once, they serve float and sign templates alike."""
+    with _frozen(model), torch.no_grad():
+        rows = [
+            model(_as_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
+        ]
+    return torch.cat(rows)
+
+
 def templates_of(
     model: nn.Module,
     images: torch.Tensor,
@@ -145,21 +156,24 @@ def templates_of(
     sign: bool = False,
 ) -> torch.Tensor:
     """The model's templates of images (normalised or uint8), in eval mode without gradients."""
-    with _frozen(model), torch.no_grad():
-        rows = [
-            model(_as_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
-        ]
-    return _template(torch.cat(rows), normalize, sign)
+    return _template(outputs_of(model, images, batch_size), normalize, sign)
 
 
 def train_decoder(
-    model: nn.Module, decoder: nn.Module, images: torch.Tensor, budget: InversionBudget
+    model: nn.Module,
+    decoder: nn.Module,
+    images: torch.Tensor,
+    budget: InversionBudget,
+    outputs: torch.Tensor | None = None,
 ) -> tuple[float, float]:
-    """Train ``decoder`` (in place) on the attacker's normalised faces; returns the last
-    loss and the wall time. Mini-batches are drawn with the budget's seed."""
+    """Train ``decoder`` (in place) on the attacker's faces; returns the last loss and the
+    wall time. Mini-batches are drawn with the budget's seed. ``outputs``: the model's raw
+    outputs on ``images`` if already computed (:func:`outputs_of`)."""
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(budget.seed)
-    templates = templates_of(model, images, budget.normalize, sign=budget.sign)
+    if outputs is None:
+        outputs = outputs_of(model, images)
+    templates = _template(outputs, budget.normalize, budget.sign)
     opt = torch.optim.Adam(decoder.parameters(), lr=budget.lr)
     decoder.train()
     loss = torch.zeros(())
@@ -187,12 +201,19 @@ def template_inversion(
     attacker_images: torch.Tensor,
     target_images: torch.Tensor,
     budget: InversionBudget,
+    attacker_outputs: torch.Tensor | None = None,
+    target_outputs: torch.Tensor | None = None,
 ) -> InversionResult:
     """Train the decoder on ``attacker_images`` (people disjoint from the targets), then
-    reconstruct ``target_images`` from their templates only."""
-    final_loss, train_seconds = train_decoder(model, decoder, attacker_images, budget)
+    reconstruct ``target_images`` from their templates only. The model's raw outputs on
+    either set may be passed in when already computed (:func:`outputs_of`)."""
+    final_loss, train_seconds = train_decoder(
+        model, decoder, attacker_images, budget, attacker_outputs
+    )
     start = time.perf_counter()
-    templates = templates_of(model, target_images, budget.normalize, sign=budget.sign)
+    if target_outputs is None:
+        target_outputs = outputs_of(model, target_images)
+    templates = _template(target_outputs, budget.normalize, budget.sign)
     with torch.no_grad():
         recon = decoder(templates)
     return InversionResult(recon, decoder, final_loss, train_seconds, time.perf_counter() - start)

@@ -13,7 +13,13 @@ def _settings(args: argparse.Namespace) -> Any:
     """The ``privacy`` section from the flags and ``--set`` overrides (keys of that section)."""
     from pydantic import ValidationError
 
-    from pipelines.config import ConfigError, PrivacyConfig, apply_override, check_privacy
+    from pipelines.config import (
+        ConfigError,
+        PrivacyConfig,
+        _format_errors,
+        apply_override,
+        check_privacy,
+    )
 
     raw: dict[str, Any] = {"attacker": args.attacker or [], "targets": args.targets}
     if args.judge:
@@ -24,10 +30,7 @@ def _settings(args: argparse.Namespace) -> Any:
     try:
         cfg = PrivacyConfig.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
-        raise ConfigError(f"facekd privacy: invalid settings: {problems}") from None
+        raise ConfigError(_format_errors("facekd privacy --set", err)) from None
     check_privacy(cfg, "facekd privacy")
     return cfg
 
