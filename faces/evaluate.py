@@ -51,14 +51,18 @@ def perturbed_embed_fn(embed_fn: EmbedFn, relative: float, seed: int) -> EmbedFn
     return fn
 
 
-def embed_images(embed_fn: EmbedFn, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """L2-normalised embeddings of image + horizontal flip concatenated, one row per image."""
+def embed_images(
+    embed_fn: EmbedFn, images: torch.Tensor, batch_size: int = 64, flip: bool = True
+) -> np.ndarray:
+    """L2-normalised embeddings of image + horizontal flip concatenated (of the image alone
+    when not ``flip``), one row per image."""
     rows = []
     for start in range(0, len(images), batch_size):
         x = normalise(images[start : start + batch_size]).numpy()
-        a = embed_fn(np.ascontiguousarray(x))
-        b = embed_fn(np.ascontiguousarray(x[..., ::-1]))
-        e = np.concatenate([a, b], axis=1).astype(np.float64)
+        parts = [embed_fn(np.ascontiguousarray(x))]
+        if flip:
+            parts.append(embed_fn(np.ascontiguousarray(x[..., ::-1])))
+        e = np.concatenate(parts, axis=1).astype(np.float64)
         e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         rows.append(e.astype(np.float32))
     return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)

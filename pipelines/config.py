@@ -294,7 +294,8 @@ class PrivacyConfig(Section):
     labels), at most ``attacker_images`` of them, evenly spaced; null: the training faces.
     ``targets``: an ImageFolder of the attacked people; null: the evaluation people (held-out
     people of ``data.train``, or ``data.eval`` when it is one ImageFolder). ``judge``: a facekd
-    model artifact (``.pt``) or a checkpoint of ``judge_model``; null: the teacher."""
+    model artifact (``.pt``), a checkpoint of ``judge_model``, or ``dlib`` (an independent
+    judge, ``faces.privacy.judges``); null: the teacher."""
 
     attacks: list[Literal["inversion", "gradient"]] = ["inversion", "gradient"]
     attacker: list[str] = []
@@ -458,8 +459,16 @@ def check_privacy(cfg: PrivacyConfig, source: str | os.PathLike) -> None:
             raise ConfigError(f"{source}: privacy.attacker[{i}]: folder {folder} does not exist")
     if cfg.targets and not Path(cfg.targets).is_dir():
         raise ConfigError(f"{source}: privacy.targets: folder {cfg.targets} does not exist")
-    if cfg.judge and not Path(cfg.judge).is_file():
-        raise ConfigError(f"{source}: privacy.judge: file {cfg.judge} does not exist")
+    from faces.privacy.judges import DLIB as DLIB_JUDGE
+    from faces.privacy.judges import dlib_missing
+
+    if cfg.judge == DLIB_JUDGE:
+        if missing := dlib_missing():
+            raise ConfigError(f"{source}: privacy.judge: {missing}")
+    elif cfg.judge and not Path(cfg.judge).is_file():
+        raise ConfigError(
+            f"{source}: privacy.judge: file {cfg.judge} does not exist (or name {DLIB_JUDGE!r})"
+        )
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

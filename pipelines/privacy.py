@@ -13,6 +13,7 @@ from faces.data import FaceDataError, decode_images, load_image, scan_image_fold
 from faces.privacy.analysis import PrivacyBudget, TargetSet
 from faces.privacy.gradients import GradientAttack
 from faces.privacy.inversion import InversionBudget
+from faces.privacy.judges import DLIB, JudgeModel, dlib_judge, model_judge
 from faces.transforms import fill_black_border
 from pipelines.artifacts import load_model
 from pipelines.config import PrivacyConfig
@@ -67,17 +68,23 @@ def models_of(teacher: str | Path | None, student: str | Path | None) -> dict[st
 
 
 def load_judge(
-    cfg: PrivacyConfig, teacher: nn.Module | None, teacher_path: str | Path | None = None
-) -> tuple[nn.Module, str]:
-    """The judge model and a description: ``privacy.judge`` (a facekd model artifact, or a
-    checkpoint of ``judge_model``), else the teacher."""
+    cfg: PrivacyConfig,
+    teacher: nn.Module | None,
+    targets: TargetSet,
+    teacher_path: str | Path | None = None,
+) -> tuple[JudgeModel, str]:
+    """The judge and a description: ``privacy.judge`` (``dlib``, a facekd model artifact, or a
+    checkpoint of ``judge_model``), else the teacher. dlib places its chip on ``targets``."""
+    if cfg.judge == DLIB:
+        return dlib_judge(targets.images), "dlib's ResNet descriptor (face_recognition_models)"
     if cfg.judge is None:
         if teacher is None:
             raise FaceDataError("privacy: no judge: name privacy.judge or give a teacher")
-        return teacher, f"the teacher ({teacher_path})" if teacher_path else "the teacher"
+        about = f"the teacher ({teacher_path})" if teacher_path else "the teacher"
+        return model_judge(teacher), about
     path = Path(cfg.judge)
     try:
-        return load_model(path)[0], f"{path} (facekd model)"
+        return model_judge(load_model(path)[0]), f"{path} (facekd model)"
     except ValueError:
         pass  # not a facekd artifact: a checkpoint of judge_model
     from teachers.checkpoint import load_checkpoint_into
@@ -85,7 +92,7 @@ def load_judge(
 
     model = create_teacher(cfg.judge_model, **cfg.judge_args)
     load_checkpoint_into(model, path)
-    return model.eval(), f"{cfg.judge_model} from {path}"
+    return model_judge(model.eval()), f"{cfg.judge_model} from {path}"
 
 
 def no_faces(size: int = 112) -> torch.Tensor:

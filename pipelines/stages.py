@@ -18,6 +18,7 @@ from torch import nn
 
 from faces.data import FaceDataError
 from faces.evaluate import EmbedFn, set_scores, sets_metrics, torch_embed_fn
+from faces.privacy.judges import DLIB as DLIB_JUDGE
 from faces.verification import roc_curve, save_roc_plot
 from pipelines.artifacts import atomic_write_json, load_model, save_model
 from pipelines.config import PipelineConfig
@@ -526,9 +527,10 @@ class PrivacyStage(Stage):
     def settings(self, config: PipelineConfig) -> dict[str, Any]:
         s = config.privacy.model_dump()
         s["attacker"] = [str(Path(f).resolve()) for f in config.privacy.attacker]
-        for key in ("targets", "judge"):
-            if s[key]:
-                s[key] = str(Path(s[key]).resolve())
+        if s["targets"]:
+            s["targets"] = str(Path(s["targets"]).resolve())
+        if s["judge"] and s["judge"] != DLIB_JUDGE:
+            s["judge"] = str(Path(s["judge"]).resolve())
         return s
 
     def external_inputs(self, config: PipelineConfig) -> dict[str, str]:
@@ -538,7 +540,11 @@ class PrivacyStage(Stage):
         out = {f"attacker.{i}": folder_fingerprint(f) for i, f in enumerate(cfg.attacker)}
         if cfg.targets:
             out["targets"] = folder_fingerprint(cfg.targets)
-        if cfg.judge:
+        if cfg.judge == DLIB_JUDGE:
+            from faces.privacy.judges import dlib_fingerprint
+
+            out["judge"] = dlib_fingerprint()
+        elif cfg.judge:
             out["judge"] = sha256_file(cfg.judge)
         return out
 
@@ -548,7 +554,8 @@ class PrivacyStage(Stage):
 
         cfg = ctx.config.privacy
         models = models_of(ctx.inputs["teacher"], ctx.inputs["student"])
-        judge, about = load_judge(cfg, models["teacher"], ctx.inputs["teacher"])
+        targets = _privacy_targets(ctx)
+        judge, about = load_judge(cfg, models["teacher"], targets, ctx.inputs["teacher"])
         print(f"[privacy] judge: {about}")
         if "inversion" not in cfg.attacks:
             attacker = no_faces()  # only the template inversion needs the attacker's faces
@@ -560,9 +567,9 @@ class PrivacyStage(Stage):
             )
         result = analyse(
             models,
-            torch_embed_fn(judge),
+            judge,
             attacker,
-            _privacy_targets(ctx),
+            targets,
             budget_of(cfg, ctx.config.pipeline.seed),
             ctx.stage_dir,
             log=print,

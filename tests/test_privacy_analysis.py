@@ -26,6 +26,7 @@ from faces.privacy.analysis import (
 )
 from faces.privacy.gradients import GradientAttack
 from faces.privacy.inversion import InversionBudget
+from faces.privacy.judges import dlib_missing
 from faces.transforms import normalise
 
 SIZE = 16
@@ -279,6 +280,11 @@ def test_privacy_stage_logs_reuses_and_reruns_on_new_settings(workdir, monkeypat
     assert main(["run", "tiny.yaml", "--set", f"privacy.attacker=[{others}]"]) == 0
     assert "[privacy] running" in capsys.readouterr().out
 
+    if dlib_missing() is None:  # and another judge
+        assert main(["run", "tiny.yaml", "--set", "privacy.judge=dlib"]) == 0
+        out = capsys.readouterr().out
+        assert "[privacy] running" in out and "judge: dlib" in out
+
 
 @pytest.mark.slow
 def test_privacy_command_on_a_run_folder(workdir, monkeypatch, capsys):
@@ -313,6 +319,10 @@ def test_privacy_command_on_a_run_folder(workdir, monkeypatch, capsys):
     assert main([*only, *budget, "--out", "grad", "--json", "g.json"]) == 0
     metrics = json.loads((workdir / "g.json").read_text())
     assert metrics["attacker.faces"] == 0 and not any(".inversion" in k for k in metrics)
+    if dlib_missing() is None:
+        assert main([*only, *budget, "--judge", "dlib", "--out", "dlib", "--json", "d.json"]) == 0
+        assert "judge: dlib" in capsys.readouterr().out
+        assert 0 <= json.loads((workdir / "d.json").read_text())["judge.accept_genuine"] <= 1
     assert main([*only[:2], "--targets", str(others)]) == 2
     assert "--attacker" in capsys.readouterr().err
 

@@ -35,6 +35,7 @@ from faces.privacy.inversion import (
     template_inversion,
     templates_of,
 )
+from faces.privacy.judges import JudgeModel
 from faces.privacy.metrics import (
     acceptance_rate,
     binary_verification_metrics,
@@ -98,11 +99,15 @@ class TargetSet:
 
 @dataclass
 class Judge:
-    """An embedding function and its accept threshold at the budget's FAR."""
+    """A judge model and its accept threshold at the budget's FAR."""
 
-    embed: EmbedFn
+    model: JudgeModel
     threshold: float
     accept_genuine: float  # real other-image pairs of the attacked faces accepted
+
+    def embed(self, images: torch.Tensor) -> np.ndarray:
+        """Unit embeddings of uint8 (N, 3, H, W) faces, as the judge sees them."""
+        return embed_images(self.model.embed, images, flip=self.model.flip)
 
 
 @dataclass
@@ -129,13 +134,18 @@ def attacked_rows(labels: np.ndarray, people: int, seed: int) -> tuple[np.ndarra
 
 
 def make_judge(
-    embed: EmbedFn, targets: TargetSet, rows: np.ndarray, refs: np.ndarray, far: float
+    model: JudgeModel | EmbedFn, targets: TargetSet, rows: np.ndarray, refs: np.ndarray, far: float
 ) -> Judge:
     """The judge's threshold at ``far`` on every impostor pair of the attacked set, and the
-    share of real (face, other face) pairs of the attacked people it accepts."""
-    emb = embed_images(embed, targets.images)
-    threshold = impostor_threshold(impostor_scores(emb, targets.labels), far)
-    return Judge(embed, threshold, acceptance_rate(emb[rows], emb[refs], threshold))
+    share of real (face, other face) pairs of the attacked people it accepts. A bare
+    EmbedFn judges as a facekd model does (image + mirror image)."""
+    if not isinstance(model, JudgeModel):
+        model = JudgeModel(model)
+    judge = Judge(model, 0.0, 0.0)
+    emb = judge.embed(targets.images)
+    judge.threshold = impostor_threshold(impostor_scores(emb, targets.labels), far)
+    judge.accept_genuine = acceptance_rate(emb[rows], emb[refs], judge.threshold)
+    return judge
 
 
 def _image_metrics(
@@ -144,8 +154,8 @@ def _image_metrics(
     """Mean PSNR and SSIM to the originals and the judge's acceptance, of the
     reconstructions saved as uint8 pixels (what an attacker would keep)."""
     pixels = to_uint8(recon, "normalised")
-    rec_emb = embed_images(judge.embed, pixels)
-    ref_emb = embed_images(judge.embed, references)
+    rec_emb = judge.embed(pixels)
+    ref_emb = judge.embed(references)
     return {
         "psnr": float(psnr(pixels, originals, "uint8").clamp(max=PSNR_CAP).mean()),
         "ssim": float(ssim(pixels, originals, "uint8").mean()),
@@ -228,7 +238,7 @@ def sanity_model(dim: int, size: int, seed: int) -> nn.Module:
 
 def analyse(
     models: dict[str, nn.Module],
-    judge_embed: EmbedFn,
+    judge_model: JudgeModel | EmbedFn,
     attacker: torch.Tensor,
     targets: TargetSet,
     budget: PrivacyBudget,
@@ -242,7 +252,7 @@ def analyse(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, refs = attacked_rows(targets.labels, budget.attacked_people, budget.seed)
     originals, references = targets.images[rows], targets.images[refs]
-    judge = make_judge(judge_embed, targets, rows, refs, budget.far)
+    judge = make_judge(judge_model, targets, rows, refs, budget.far)
     metrics: dict[str, float] = {
         "judge.threshold": judge.threshold,
         "judge.accept_genuine": judge.accept_genuine,

@@ -57,7 +57,6 @@ def _models(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
 
 
 def _cmd_privacy(args: argparse.Namespace) -> int:
-    from faces.evaluate import torch_embed_fn
     from faces.privacy.analysis import analyse, format_table
     from pipelines.config import ConfigError
     from pipelines.privacy import (
@@ -77,14 +76,15 @@ def _cmd_privacy(args: argparse.Namespace) -> int:
     if student_path is not None and teacher_path is None and cfg.gradient.iterations:
         print("note: no teacher: gradient leakage (which needs the teacher's targets) is skipped")
     models = models_of(teacher_path, student_path)
-    judge, about = load_judge(cfg, models.get("teacher"), teacher_path)
+    targets = target_set(cfg.targets)
+    judge, about = load_judge(cfg, models.get("teacher"), targets, teacher_path)
     print(f"judge: {about}")
     out = Path(args.out or (Path(args.run) / "privacy_report" if args.run else "privacy_report"))
     report = analyse(
         models,
-        torch_embed_fn(judge),
+        judge,
         attacker_faces(cfg.attacker, cfg.attacker_images) if inverting else no_faces(),
-        target_set(cfg.targets),
+        targets,
         budget_of(cfg, args.seed),
         out,
     )
@@ -120,7 +120,11 @@ def add_parser(sub: Any) -> None:
         help="faces of people other than the attacked ones (any depth; repeatable)",
     )
     p.add_argument("--targets", metavar="DIR", help="ImageFolder of the attacked people")
-    p.add_argument("--judge", help="judge: a facekd .pt or a checkpoint (default: the teacher)")
+    p.add_argument(
+        "--judge",
+        help="judge: dlib (independent; facekd[judge]), a facekd .pt or a checkpoint "
+        "(default: the teacher)",
+    )
     p.add_argument("--judge-model", default="mobilefacenet", help="model of a judge checkpoint")
     p.add_argument(
         "--set",
