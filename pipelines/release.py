@@ -112,8 +112,9 @@ def privacy_section(m: dict[str, float]) -> str:
     return f"""## Privacy
 How much of a face an attacker recovers from a template (embedding; sign template = its 1-bit
 signs, matched by Hamming distance) or from the gradients of one training step (batch 1 / 4).
-Accept is the share of reconstructions an independent judge model accepts as the person at
-FAR 1e-3: the attack's success rate; lower SSIM / PSNR / accept = less leakage.
+Accept is the share of reconstructions a judge model (the teacher, or the run's `privacy.judge`
+parameter: `dlib` is independent of every facekd model) accepts as the person at FAR 1e-3: the
+attack's success rate; lower SSIM / PSNR / accept = less leakage.
 
 | model | inversion SSIM | inversion PSNR dB | inversion accept \
 | sign inversion SSIM | sign inversion PSNR dB | sign inversion accept \
