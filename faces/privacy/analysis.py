@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faces.data import make_pairs
-from faces.evaluate import EmbedFn, embed_images, pair_embeddings, scores_of, torch_embed_fn
+from faces.evaluate import EmbedFn, pair_embeddings, scores_of, torch_embed_fn
 from faces.privacy.gradients import GradientAttack, invert_gradients, observed_gradient
 from faces.privacy.inversion import (
     Decoder,
@@ -107,7 +107,7 @@ class Judge:
 
     def embed(self, images: torch.Tensor) -> np.ndarray:
         """Unit embeddings of uint8 (N, 3, H, W) faces, as the judge sees them."""
-        return embed_images(self.model.embed, images, flip=self.model.flip)
+        return self.model.embed_faces(images)
 
 
 @dataclass
@@ -141,11 +141,9 @@ def make_judge(
     EmbedFn judges as a facekd model does (image + mirror image)."""
     if not isinstance(model, JudgeModel):
         model = JudgeModel(model)
-    judge = Judge(model, 0.0, 0.0)
-    emb = judge.embed(targets.images)
-    judge.threshold = impostor_threshold(impostor_scores(emb, targets.labels), far)
-    judge.accept_genuine = acceptance_rate(emb[rows], emb[refs], judge.threshold)
-    return judge
+    emb = model.embed_faces(targets.images)
+    threshold = impostor_threshold(impostor_scores(emb, targets.labels), far)
+    return Judge(model, threshold, acceptance_rate(emb[rows], emb[refs], threshold))
 
 
 def _image_metrics(

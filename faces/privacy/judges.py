@@ -17,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from faces.evaluate import EmbedFn, torch_embed_fn
+from faces.evaluate import EmbedFn, embed_images, torch_embed_fn
 from faces.transforms import PIXEL_MEAN, PIXEL_SCALE
 
 __all__ = [
@@ -51,6 +52,10 @@ class JudgeModel:
 
     embed: EmbedFn
     flip: bool = True
+
+    def embed_faces(self, images: torch.Tensor) -> np.ndarray:
+        """Unit embeddings of uint8 (N, 3, H, W) faces, as this judge sees them."""
+        return embed_images(self.embed, images, flip=self.flip)
 
 
 def model_judge(model: torch.nn.Module) -> JudgeModel:
@@ -87,6 +92,7 @@ def _model_file(name: str) -> Path:
     return path
 
 
+@cache  # the 22 MB model file is hashed once per process
 def dlib_fingerprint() -> str:
     """dlib's version and the descriptor file's hash: what a cached privacy stage depends on."""
     import dlib
