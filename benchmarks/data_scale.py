@@ -124,8 +124,8 @@ def child_pipeline(data: Path, evaluation: Path, teacher: Path, out: Path, steps
     import psutil
 
     import distill.module as module
-    from pipelines.config import validate_raw
-    from pipelines.orchestrator import Orchestrator
+    from pipelines.core.config import validate_raw
+    from pipelines.orchestration.orchestrator import Orchestrator
 
     started = psutil.Process().create_time()
     memory = TreeMemory()
@@ -183,7 +183,7 @@ def _run_child(args: list[str]) -> dict:
 def loader_rates(big: Path, batches: int, rounds: int) -> dict[str, Any]:
     from faces.recordio import RecordIOFaces
     from faces.streaming import EpochSampler, RecordIOSource, TrainingFaces
-    from pipelines.loading import make_loader
+    from pipelines.training.loading import make_loader
 
     labels = RecordIOFaces(big).labels
     n = len(labels)
@@ -270,7 +270,7 @@ def _train(
 def stream_vs_memory(small: Path, steps: int, rounds: int, workers: int) -> dict[str, Any]:
     from faces.recordio import RecordIOFaces
     from faces.streaming import EpochSampler, RecordIOSource, TensorSource, TrainingFaces
-    from pipelines.loading import make_loader, training_threads
+    from pipelines.training.loading import make_loader, training_threads
     from teachers.registry import create_teacher
 
     reader = RecordIOFaces(small)
@@ -302,7 +302,7 @@ def bf16_vs_fp32(small: Path, evaluation: Path, steps: int, workers: int) -> dic
     from faces.recordio import RecordIOFaces
     from faces.streaming import EpochSampler, RecordIOSource, TensorSource, TrainingFaces
     from faces.verification_sets import VerificationSet
-    from pipelines.loading import make_loader
+    from pipelines.training.loading import make_loader
 
     flags = Path("/proc/cpuinfo").read_text().split()
     reader = RecordIOFaces(small)

@@ -11,10 +11,10 @@ cores); it runs on the CPU too (``--quick``: tiny sizes, a smoke run). In one pr
    ``--work`` and reused by a later run with the same sizes.
 1. **Distillation throughput.** The project's training step (``distill.module.Distiller``:
    cosine loss to the cached targets, ``students.schedules.bnn_optimizer``, gradient clip 5)
-   driven by a Lightning ``Trainer`` set up as ``pipelines.training.fit`` sets it up
+   driven by a Lightning ``Trainer`` set up as ``pipelines.training.fit.fit`` sets it up
    (precision ``bf16-mixed`` / ``16-mixed`` with its GradScaler / ``32-true``, no checkpoints,
    no verification) for ``--warmup`` + ``--steps`` steps, per student and precision; images
-   read by the worker loader (``pipelines.loading.make_loader``: ``TrainingFaces`` over the
+   read by the worker loader (``pipelines.training.loading.make_loader``: ``TrainingFaces`` over the
    RecordIO stream, all CPUs but one as workers, pinned memory; on a GPU shifts and jitter
    run on the batch in the step, as ``data.augment_on: auto`` does). images/s and the median
    step after the warm-up steps.
@@ -390,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     from faces.dali_loader import DaliFaces, dali_available
     from faces.recordio import RecordIOFaces
     from faces.streaming import RecordIOSource, TrainingFaces
-    from pipelines.loading import make_loader, training_threads
-    from pipelines.training import available_cpus
+    from pipelines.training.fit import available_cpus
+    from pipelines.training.loading import make_loader, training_threads
 
     # after importing Lightning, which sets its loggers to INFO
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)

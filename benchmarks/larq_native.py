@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from export.runtime import measure_latency
     from export.tflite import flatbuffer_macs, op_histogram
-    from pipelines.summary import machine_description
+    from pipelines.orchestration.summary import machine_description
 
     with tempfile.TemporaryDirectory() as tmp:
         native, native_params = native_flatbuffer(Path(tmp), args.embedding)

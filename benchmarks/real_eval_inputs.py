@@ -23,8 +23,8 @@ from export.runtime import measure_latencies
 from faces.data import load_image, make_pairs, scan_image_folder
 from faces.transforms import normalise
 from faces.verification_sets import write_bin
-from pipelines.artifacts import save_model
-from pipelines.reference_models import teacher_references
+from pipelines.core.artifacts import save_model
+from pipelines.evaluation.references import teacher_references
 from teachers.checkpoint import load_checkpoint_into, sha256_file
 from teachers.registry import create_teacher
 

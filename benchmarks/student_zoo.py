@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from export.student_export import export_student
-    from pipelines.summary import machine_description
+    from pipelines.orchestration.summary import machine_description
     from students import create_student, list_students
 
     names = args.only or [n for n in list_students() if n != "birealface"] + ["birealface"]

@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from export.runtime import measure_latency, onnxruntime_latency
     from export.teacher_export import export_teacher
-    from pipelines.profiling import profile_model
-    from pipelines.summary import machine_description
+    from pipelines.evaluation.profiling import profile_model
+    from pipelines.orchestration.summary import machine_description
     from teachers import create_teacher, list_teachers
 
     torch.manual_seed(0)

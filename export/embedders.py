@@ -3,7 +3,7 @@
 A model is one of
 
 * a facekd model artifact (``teacher.pt`` / ``student.pt`` of a pipeline run), recognised and
-  rebuilt by the ``artifacts`` format the caller passes (``pipelines.artifacts``: export/ does
+  rebuilt by the ``artifacts`` format the caller passes (``pipelines.core.artifacts``: export/ does
   not import pipelines/);
 * a checkpoint: a Lightning checkpoint of a training stage (weights under ``model.``; the
   architecture comes from the stage's model artifact beside it, or from ``arch``/``args``), or a

@@ -6,7 +6,13 @@
   s != 1 is folded into the filters of the convolutions that consume it (through an optional
   constant ``Pad``), or kept as a ``Mul`` when a consumer is not a convolution;
 * then constant subgraphs (e.g. the shape arithmetic the exporter emits for ``Pad``) are
-  folded, initializers are removed from the graph inputs and the QONNX opset is dropped.
+  folded, initializers are removed from the graph inputs and the QONNX opset is dropped;
+* a per-channel constant added to or subtracted from a binary conv's output (RPReLU's
+  ``x - gamma`` straight after a conv, as in QuickNet's blocks) becomes that conv's bias:
+  LCE's converter fuses such an Add/Sub into ``LceBconv2d``'s post-activation bias without
+  checking its shape, and the (1, 1, 1, C) constant of an NHWC graph then makes the
+  interpreter refuse the model ("NumDimensions(post_activation_bias) != 1"); a 1-D conv bias
+  is what it expects.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class LoweringReport:
     folded_scales: list[str] = field(default_factory=list)
     kept_scales: list[str] = field(default_factory=list)
     binary_convs: list[str] = field(default_factory=list)
+    folded_biases: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -121,6 +128,7 @@ def lower_bipolar_quant(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Loweri
     model.opset_import.extend(opsets)
 
     model = fold_constants(model)
+    _fold_channel_constants_into_binary_convs(model, report)
     _check_strided_padding(model, report)
     onnx.checker.check_model(model)
     return model, report
@@ -177,6 +185,54 @@ def _record_binary_convs(model: onnx.ModelProto, report: LoweringReport) -> None
         for n in model.graph.node
         if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in weights
     ]
+
+
+def _fold_channel_constants_into_binary_convs(
+    model: onnx.ModelProto, report: LoweringReport
+) -> None:
+    """``Add(conv, c)`` / ``Sub(conv, c)`` of a binary conv's only consumer and a constant c of
+    one value per output channel (or one in all) -> the conv with bias ``+-c`` (exact)."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    binary = set(report.binary_convs)
+    producer = {o: n for n in graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    outputs = {o.name for o in graph.output}
+    removed = []
+    for node in graph.node:
+        if node.op_type not in ("Add", "Sub") or len(node.input) != 2:
+            continue
+        x, c = node.input
+        if node.op_type == "Add" and c not in inits:
+            x, c = c, x
+        conv = producer.get(x)
+        if conv is None or conv.op_type != "Conv" or (conv.name or conv.output[0]) not in binary:
+            continue
+        if uses.get(x, 0) != 1 or x in outputs or c not in inits:
+            continue
+        value = numpy_helper.to_array(inits[c]).astype(np.float32)
+        out_channels = numpy_helper.to_array(inits[conv.input[1]]).shape[0]
+        channel_shape = value.ndim in (3, 4) and value.shape[-3] == value.size == out_channels
+        if value.size != 1 and not channel_shape:
+            continue  # not one value per channel of an NCHW map (e.g. it varies along W)
+        bias = np.broadcast_to(value.reshape(-1), (out_channels,))
+        if node.op_type == "Sub":
+            bias = -bias
+        if len(conv.input) > 2 and conv.input[2]:
+            bias = bias + numpy_helper.to_array(inits[conv.input[2]])
+        name = f"{conv.name or conv.output[0]}_folded_bias"
+        graph.initializer.append(_const(name, bias))
+        inits[name] = graph.initializer[-1]
+        del conv.input[2:]
+        conv.input.append(name)
+        conv.output[0] = node.output[0]
+        removed.append(node)
+        report.folded_biases.append(node.name or node.output[0])
+    for node in removed:
+        graph.node.remove(node)
 
 
 def _check_strided_padding(model: onnx.ModelProto, report: LoweringReport) -> None:

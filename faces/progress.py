@@ -1,8 +1,8 @@
 """Training progress as plain lines, for output that is not a terminal (CI, nohup, a scheduler).
 
 On a terminal Lightning's progress bar shows each step; anywhere else :class:`ProgressLines`
-prints one line at the end of every epoch, and one every ``FACEKD_PROGRESS_MINUTES`` (default
-5) within a long epoch:
+prints at most one line every ``FACEKD_PROGRESS_SECONDS`` (default 30) per training stage,
+whatever the epoch length, and the stage's last line when it ends:
 
     [distill] epoch 3/15, step 36/180: 412 images/s, loss 0.4123, ETA 1 min 12 s
 """
@@ -19,25 +19,25 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-ENV = "FACEKD_PROGRESS_MINUTES"
-DEFAULT_MINUTES = 5.0
+ENV = "FACEKD_PROGRESS_SECONDS"
+DEFAULT_SECONDS = 30.0
 
 
 class ProgressSettingError(ValueError):
-    """``FACEKD_PROGRESS_MINUTES`` is not a number of minutes > 0."""
+    """``FACEKD_PROGRESS_SECONDS`` is not a number of seconds > 0."""
 
 
-def every_minutes() -> float:
-    """Minutes between progress lines within an epoch: ``$FACEKD_PROGRESS_MINUTES`` or 5."""
+def every_seconds() -> float:
+    """Seconds between progress lines of a stage: ``$FACEKD_PROGRESS_SECONDS`` or 30."""
     text = os.environ.get(ENV, "").strip()
     if not text:
-        return DEFAULT_MINUTES
+        return DEFAULT_SECONDS
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
     if not (math.isfinite(value) and value > 0):
-        raise ProgressSettingError(f"{ENV} must be a number of minutes > 0, got {text!r}")
+        raise ProgressSettingError(f"{ENV} must be a number of seconds > 0, got {text!r}")
     return value
 
 
@@ -78,8 +78,9 @@ def _loss(outputs: Any) -> float | None:
 
 
 class ProgressLines(pl.Callback):
-    """One line per epoch, and every ``every_minutes`` within an epoch: epoch, step, images/s,
-    mean loss of the epoch so far, ETA (to the last epoch, or to ``max_minutes`` if sooner).
+    """At most one line every ``every_seconds`` (at a step's or an epoch's end, whichever comes
+    first after the interval) and a last line when training ends: epoch, step, images/s and mean
+    loss since the previous line, ETA (to the last epoch, or to ``max_minutes`` if sooner).
 
     ``write`` receives each line (default: ``print``); only the global-rank-0 process writes.
     """
@@ -87,20 +88,22 @@ class ProgressLines(pl.Callback):
     def __init__(
         self,
         name: str,
-        every_minutes: float = DEFAULT_MINUTES,
+        every_seconds: float = DEFAULT_SECONDS,
         max_minutes: float | None = None,
         write: Callable[[str], None] = print,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if every_minutes <= 0:
-            raise ValueError(f"every_minutes must be > 0, got {every_minutes}")
-        self.name, self.every_s = name, every_minutes * 60
+        if every_seconds <= 0:
+            raise ValueError(f"every_seconds must be > 0, got {every_seconds}")
+        self.name, self.every_s = name, every_seconds
         self.max_s = max_minutes * 60 if max_minutes else None
         self.write, self.clock = write, clock
-        self._fit_start = self._epoch_start = self._last_line = 0.0
+        self._fit_start = self._last_line = 0.0
         self._batches_at_start = 0
-        self._images = 0
+        self._done_steps = 0  # batches done when the stage was last seen, for the last line
+        self._images = 0  # since the previous line, as the loss
         self._loss_sum, self._loss_count = 0.0, 0
+        self._unreported = False
 
     def _done(self, trainer: pl.Trainer, batch_idx: int) -> int:
         per_epoch = trainer.num_training_batches
@@ -109,15 +112,10 @@ class ProgressLines(pl.Callback):
         return trainer.current_epoch * int(per_epoch) + batch_idx + 1
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self._fit_start = self.clock()
+        self._fit_start = self._last_line = self.clock()
         per_epoch = trainer.num_training_batches
         start = trainer.current_epoch * per_epoch if math.isfinite(per_epoch) else 0
-        self._batches_at_start = int(start)
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self._epoch_start = self._last_line = self.clock()
-        self._images = 0
-        self._loss_sum, self._loss_count = 0.0, 0
+        self._batches_at_start = self._done_steps = int(start)
 
     def on_train_batch_end(
         self,
@@ -132,30 +130,39 @@ class ProgressLines(pl.Callback):
         if loss is not None:
             self._loss_sum += loss
             self._loss_count += 1
+        self._done_steps = self._done(trainer, batch_idx)
+        self._unreported = True
         if self.clock() - self._last_line >= self.every_s:
-            self._line(trainer, self._done(trainer, batch_idx))
+            self._line(trainer, self._done_steps)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         per_epoch = trainer.num_training_batches
-        done = (
-            (trainer.current_epoch + 1) * int(per_epoch)
-            if math.isfinite(per_epoch)
-            else trainer.global_step
-        )
-        self._line(trainer, done)
+        if math.isfinite(per_epoch):
+            self._done_steps = (trainer.current_epoch + 1) * int(per_epoch)
+        if self._unreported and self.clock() - self._last_line >= self.every_s:
+            self._line(trainer, self._done_steps)
+
+    def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self._unreported:  # the stage's last line, however soon after the previous one
+            self._line(trainer, self._done_steps)
 
     def _line(self, trainer: pl.Trainer, done: int) -> None:
         now = self.clock()
+        rate = self._images / max(now - self._last_line, 1e-9)
+        loss = f"loss {self._loss_sum / self._loss_count:.4f}" if self._loss_count else "loss -"
         self._last_line = now
+        self._images, self._loss_sum, self._loss_count = 0, 0.0, 0
+        self._unreported = False
         if not trainer.is_global_zero:
             return
         per_epoch = trainer.num_training_batches
         total = trainer.max_epochs * int(per_epoch) if math.isfinite(per_epoch) else None
         step = f"step {done}/{total}" if total else f"step {done}"
-        rate = self._images / max(now - self._epoch_start, 1e-9)
-        loss = f"loss {self._loss_sum / self._loss_count:.4f}" if self._loss_count else "loss -"
+        epoch = min(trainer.current_epoch + 1, trainer.max_epochs)
+        if total and math.isfinite(per_epoch) and per_epoch:
+            epoch = min(max(1, math.ceil(done / int(per_epoch))), trainer.max_epochs)
         self.write(
-            f"[{self.name}] epoch {trainer.current_epoch + 1}/{trainer.max_epochs}, {step}: "
+            f"[{self.name}] epoch {epoch}/{trainer.max_epochs}, {step}: "
             f"{rate:.0f} images/s, {loss}, ETA {self._eta(now, done, total)}"
         )
 
@@ -171,6 +178,6 @@ class ProgressLines(pl.Callback):
 
 
 def progress_callbacks(name: str, max_minutes: float | None = None) -> list[pl.Callback]:
-    """:class:`ProgressLines` (every :func:`every_minutes`) when standard output is not a
+    """:class:`ProgressLines` (every :func:`every_seconds`) when standard output is not a
     terminal; none on a terminal, where Lightning's progress bar runs."""
-    return [] if on_terminal() else [ProgressLines(name, every_minutes(), max_minutes)]
+    return [] if on_terminal() else [ProgressLines(name, every_seconds(), max_minutes)]

@@ -200,7 +200,7 @@ class TrainingFaces(Dataset):
                     raise
                 if j not in self._reported:
                     self._reported.add(j)
-                    # standard output: standard error goes to the run's log (pipelines.logs)
+                    # standard output: standard error goes to the run's log (pipelines.core.logs)
                     print(f"warning: skipped: {exc}", flush=True)
         raise FaceDataError(
             f"{MAX_SUBSTITUTES + 1} unreadable images in a row from {self.source.key(i)} on "

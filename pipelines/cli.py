@@ -18,7 +18,6 @@ VERBOSE_HELP = (
     "<output_dir>/facekd.log for a run)"
 )
 
-from pipelines import logs  # noqa: E402  (after the TF log setting)
 from pipelines.commands import (  # noqa: E402
     ablate,
     align,
@@ -33,7 +32,8 @@ from pipelines.commands import (  # noqa: E402
     run,
     sync,
 )
-from pipelines.environment import facekd_version  # noqa: E402
+from pipelines.core import logs  # noqa: E402  (after the TF log setting)
+from pipelines.orchestration.environment import facekd_version  # noqa: E402
 
 COMMANDS = (
     run,
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``facekd`` console script: other libraries' output goes to the
-    command's log file (``pipelines.logs``) unless ``--verbose``."""
+    command's log file (``pipelines.core.logs``) unless ``--verbose``."""
     args = build_parser().parse_args(argv)
     _terminate_as_interrupt()
     logs.start(args.command, args.verbose, sys.argv[1:] if argv is None else argv)
@@ -85,17 +85,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     """Run the command; facekd's errors become a message and an exit code."""
     from faces.callbacks import NonFiniteLossError
     from faces.data import FaceDataError
-    from faces.progress import ProgressSettingError, every_minutes
-    from pipelines.bundle import BundleError
-    from pipelines.config import ConfigError
-    from pipelines.orchestrator import PipelineBusyError
-    from pipelines.tracking import TrackingError
+    from faces.progress import ProgressSettingError, every_seconds
+    from pipelines.core.config import ConfigError
+    from pipelines.orchestration.orchestrator import PipelineBusyError
+    from pipelines.tracking.bundle import BundleError
+    from pipelines.tracking.runs import TrackingError
     from teachers.checkpoint import CheckpointError
 
     terminal = logs.terminal()
     try:
         if args.command in ("run", "ablate"):
-            every_minutes()  # a bad FACEKD_PROGRESS_MINUTES is refused before anything runs
+            every_seconds()  # a bad FACEKD_PROGRESS_SECONDS is refused before anything runs
         return args.func(args)
     except (
         ConfigError,

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_pipeline import tiny_pipeline
 
-from pipelines.ablation import ablation_table, expand_ablation
 from pipelines.cli import main
-from pipelines.config import ConfigError, load_config
+from pipelines.core.config import ConfigError, load_config
+from pipelines.orchestration.ablation import ablation_table, expand_ablation
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATION_KD = ROOT / "pipelines" / "ablation_kd.yaml"
@@ -82,25 +83,17 @@ def test_bad_variants_are_reported(tmp_path: Path) -> None:
 
 
 TINY = {
-    "pipeline": {"name": "abl", "experiment": "facekd-ablation-test", "seed": 0},
-    "stages": ["teacher", "distill"],
-    "data": {
-        "train": "synthetic",
-        "eval_pairs": 40,
-        "eval_fraction": 0.3,
-        "synthetic": {"identities": 8, "images_per_identity": 6, "seed": 0},
-    },
-    "teacher": {
-        "model": "vit_face_micro",
-        "args": {"embedding_size": 16},
-        "train": {"epochs": 1, "batch_size": 16, "head": {"name": "arcface", "s": 16.0}},
-    },
-    "distill": {
-        "student": "birealface",
-        "args": {"width": 16, "depths": [1]},
-        "unlabelled": ["unlabelled"],
-        "train": {"epochs": 1, "batch_size": 16},
-    },
+    **tiny_pipeline(
+        **{
+            "pipeline": {"name": "abl", "experiment": "facekd-ablation-test", "seed": 0},
+            "stages": ["teacher", "distill"],
+            "teacher.args.embedding_size": 16,
+            "distill.args.width": 16,
+            "distill.unlabelled": ["unlabelled"],
+            "export": None,
+            "evaluate": None,
+        }
+    ),
     "variants": {
         "none": {"distill.losses": {"arcface": {"weight": 1.0, "s": 16, "m": 0.2}}},
         "cosine_md": {  # + SEED: its bank is the cached teacher embeddings of all faces

@@ -7,14 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipelines.compare_rows import (
+from pipelines.core.config import ConfigError
+from pipelines.tracking.compare import (
     CompareRow,
     format_table,
     mark_pareto,
     plot_pareto,
     row_from_run,
 )
-from pipelines.config import ConfigError
 
 
 def _row(run_id: str, acc: float | None, fps: float | None) -> CompareRow:
@@ -93,7 +93,7 @@ def test_row_from_a_summary_or_rebuilt_from_stage_runs() -> None:
 
 
 def test_a_column_per_set_and_any_metric(tmp_path: Path) -> None:
-    from pipelines.compare_rows import default_metric, metric_value
+    from pipelines.tracking.compare import default_metric, metric_value
 
     sets = {"verify.lfw.acc": 0.9, "verify.cfp_fp.acc": 0.7, "verify.agedb_30.acc": 0.8}
     new = _row("new", None, 300)
@@ -124,7 +124,7 @@ def test_a_column_per_set_and_any_metric(tmp_path: Path) -> None:
 
 
 def test_reference_rows_of_the_teacher_tflites(tmp_path: Path) -> None:
-    from pipelines.compare_rows import reference_rows
+    from pipelines.tracking.compare import reference_rows
 
     metrics = {
         "bench.fps": 300.0,
@@ -188,7 +188,7 @@ def _cells(table: str, run_id: str) -> dict[str, str]:
 
 
 def test_runs_without_privacy_metrics_keep_the_old_table_and_json() -> None:
-    from pipelines.compare_rows import row_json
+    from pipelines.tracking.compare import row_json
 
     rows = [_row("aaaaaaaa1", 0.9, 200), _row("bbbbbbbb2", 0.8, 400)]
     mark_pareto(rows, "verify.lfw.acc")
@@ -203,7 +203,7 @@ def test_runs_without_privacy_metrics_keep_the_old_table_and_json() -> None:
 
 
 def test_privacy_metrics_from_the_privacy_stage_as_columns_and_json() -> None:
-    from pipelines.compare_rows import row_json
+    from pipelines.tracking.compare import row_json
 
     tags = {"facekd.summary": "1", "facekd.teacher": "t", "facekd.student": "s"}
     summary = {"bench.fps": 300.0, "verify.lfw.acc": 0.9}
@@ -249,7 +249,7 @@ def test_privacy_metrics_from_the_privacy_stage_as_columns_and_json() -> None:
 
 
 def test_privacy_leakage_metric_sorts_and_fronts_lowest_first(tmp_path: Path) -> None:
-    from pipelines.compare_rows import lower_is_better, metric_value, sort_key
+    from pipelines.tracking.compare import lower_is_better, metric_value, sort_key
 
     metric = "privacy.student.inversion.accept"
     leaky, private, slow_private, unknown = (

@@ -1,4 +1,4 @@
-"""Tests for pipelines.config (schema, overrides, path checks) and the CLI's error path."""
+"""Tests for pipelines.core.config (schema, overrides, path checks) and the CLI's error path."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import (
+from pipelines.core.config import (
     DEFAULT_STAGES,
     ConfigError,
     PipelineConfig,

@@ -23,36 +23,21 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_pipeline import tiny_pipeline
 
 pytestmark = pytest.mark.slow
 
-PIPELINE = {
-    "pipeline": {"name": "crash", "experiment": "facekd-crash", "seed": 3},
-    "stages": ["teacher", "distill", "export", "evaluate"],
-    "data": {
-        "train": "synthetic",
-        "eval_pairs": 40,
-        "eval_fraction": 0.25,
-        "synthetic": {"identities": 16, "images_per_identity": 12, "seed": 1},
-    },
-    "teacher": {
-        "model": "vit_face_micro",
-        "args": {"embedding_size": 32},
-        "train": {
-            "epochs": 4,
-            "batch_size": 16,
-            "head": {"name": "arcface", "s": 16.0},
-            "checkpoint_every_steps": 4,
-        },
-    },
-    "distill": {
-        "student": "birealface",
-        "args": {"width": 32, "depths": [1]},
-        "train": {"epochs": 4, "batch_size": 16, "checkpoint_every_steps": 4},
-    },
-    "export": {"probe_images": 4},
-    "evaluate": {"runs": 200, "warmup": 5, "instances": 3},
-}
+PIPELINE = tiny_pipeline(
+    **{
+        "pipeline": {"name": "crash", "experiment": "facekd-crash", "seed": 3},
+        "data.eval_fraction": 0.25,
+        "data.synthetic": {"identities": 16, "images_per_identity": 12, "seed": 1},
+        "teacher.train.epochs": 4,
+        "teacher.train.checkpoint_every_steps": 4,
+        "distill.train": {"epochs": 4, "batch_size": 16, "checkpoint_every_steps": 4},
+        "evaluate": {"runs": 200, "warmup": 5, "instances": 3},
+    }
+)
 
 
 def _start(work: Path, log: Path, *extra: str) -> subprocess.Popen:

@@ -34,7 +34,7 @@ def _fit(module: pl.LightningModule, dataset: TensorDataset, steps: int) -> pl.T
         max_steps=steps,
         accelerator="gpu",
         devices=1,
-        precision="16-mixed",  # what the pipeline picks on a GPU (pipelines.training)
+        precision="16-mixed",  # what the pipeline picks on a GPU (pipelines.training.fit)
         gradient_clip_val=5.0,
         logger=False,
         enable_checkpointing=False,

@@ -31,7 +31,7 @@ from distill.losses import (
 )
 from distill.module import Distiller, class_centres
 from faces.margins import create_margin_head
-from pipelines.config import DistillConfig
+from pipelines.core.config import DistillConfig
 from teachers.train import margin_loss
 
 D, C = 16, 5

@@ -41,7 +41,7 @@ def test_doctor_reports_the_stack(
 def test_doctor_flags_a_missing_package(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipelines import environment
+    from pipelines.orchestration import environment
 
     real = environment.package_version
     monkeypatch.setattr(
@@ -65,6 +65,6 @@ def test_verbose_before_or_after_the_command() -> None:
 def test_bad_progress_interval_is_refused_before_running(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FACEKD_PROGRESS_MINUTES", "soon")
+    monkeypatch.setenv("FACEKD_PROGRESS_SECONDS", "soon")
     assert main(["run", "does-not-matter.yaml"]) == 2
-    assert "FACEKD_PROGRESS_MINUTES must be a number of minutes > 0" in capsys.readouterr().err
+    assert "FACEKD_PROGRESS_SECONDS must be a number of seconds > 0" in capsys.readouterr().err

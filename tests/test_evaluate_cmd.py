@@ -36,7 +36,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from export.onnx_export import export_float_onnx, save_onnx
     from faces.synthetic import write_synthetic_faces
     from faces.verification_sets import write_bin
-    from pipelines.artifacts import save_model
+    from pipelines.core.artifacts import save_model
     from teachers.registry import create_teacher
 
     tmp = tmp_path_factory.mktemp("eval")
@@ -140,7 +140,7 @@ def test_json_report_fields(files: dict[str, Any], capsys: pytest.CaptureFixture
 
 
 def _other_artifact(path: Path, seed: int, embedding_size: int = 32) -> Path:
-    from pipelines.artifacts import save_model
+    from pipelines.core.artifacts import save_model
     from teachers.registry import create_teacher
 
     torch.manual_seed(seed)

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from pipelines.orchestrator import PipelineBusyError, output_lock
+from pipelines.orchestration.orchestrator import PipelineBusyError, output_lock
 
 
 def test_second_holder_is_refused_with_a_clear_message(tmp_path) -> None:
@@ -24,7 +24,7 @@ def test_second_holder_is_refused_with_a_clear_message(tmp_path) -> None:
 
 def test_lock_is_held_across_processes(tmp_path) -> None:
     code = textwrap.dedent(f"""
-        from pipelines.orchestrator import output_lock, PipelineBusyError
+        from pipelines.orchestration.orchestrator import output_lock, PipelineBusyError
         try:
             with output_lock({str(tmp_path)!r}):
                 print("acquired")

@@ -1,4 +1,4 @@
-"""pipelines.logs: other libraries' output goes to the log file, facekd's own to the terminal."""
+"""pipelines.core.logs: other libraries' output to the log file, facekd's own to the terminal."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import logs
+from pipelines.core import logs
 
 
 @pytest.fixture(autouse=True)

@@ -9,13 +9,14 @@ import pytest
 import torch
 import yaml
 from eval_bench import make_bench
+from tiny_pipeline import tiny_pipeline
 
 from faces.evaluate import FarThreshold, evaluate_sets, set_scores
 from faces.verification import verification_metrics
 from faces.verification_sets import SetSpec, load_verification_set, load_verification_sets
-from pipelines.config import ConfigError, load_config
-from pipelines.data import DataContext
-from pipelines.eval_sets import csv_identities
+from pipelines.core.config import ConfigError, load_config
+from pipelines.evaluation.sets import csv_identities
+from pipelines.training.data import DataContext
 
 
 @pytest.fixture(scope="module")
@@ -144,28 +145,18 @@ def test_pipeline_scores_every_set(tmp_path: Path, bench: dict[str, Path], monke
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    raw = {
-        "pipeline": {"name": "multi", "experiment": "facekd-multi", "seed": 0},
-        "data": {
-            "train": "synthetic",
-            "eval": _eval_list(bench),
-            "threshold_from": "people_bin",
-            "threshold_far": 0.1,
-            "synthetic": {"identities": 8, "images_per_identity": 6, "seed": 0},
-        },
-        "teacher": {
-            "model": "vit_face_micro",
-            "args": {"embedding_size": 32},
-            "train": {"epochs": 1, "batch_size": 16, "head": {"name": "arcface", "s": 16.0}},
-        },
-        "distill": {
-            "student": "birealface",
-            "args": {"width": 32, "depths": [1]},
-            "train": {"epochs": 1, "batch_size": 16},
-        },
-        "export": {"probe_images": 4},
-        "evaluate": {"runs": 3, "warmup": 1, "instances": 1},
-    }
+    raw = tiny_pipeline(
+        **{
+            "pipeline": {"name": "multi", "experiment": "facekd-multi", "seed": 0},
+            "stages": None,
+            "data.eval": _eval_list(bench),
+            "data.threshold_from": "people_bin",
+            "data.threshold_far": 0.1,
+            "data.eval_pairs": None,
+            "data.eval_fraction": None,
+            "evaluate.instances": 1,
+        }
+    )
     (tmp_path / "multi.yaml").write_text(yaml.safe_dump(raw))
     assert main(["run", "multi.yaml"]) == 0
     out = capsys.readouterr().out
@@ -204,7 +195,7 @@ def test_pipeline_scores_every_set(tmp_path: Path, bench: dict[str, Path], monke
         )
     assert parent.data.tags["facekd.eval_set"] == ",".join(SETS)
     assert "reference.teacher_int8.verify.mean.acc" in parent.data.metrics
-    from pipelines.compare_rows import compare
+    from pipelines.tracking.compare import compare
 
     rows, metric = compare(["facekd-multi"], None, tmp_path / "pareto.png", log_to_mlflow=False)
     assert metric == "verify.mean.acc"

@@ -7,33 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_pipeline import tiny_pipeline
 
 from pipelines.cli import main
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "pipeline": {"name": "tiny", "experiment": "facekd-test", "seed": 0},
-    "stages": ["teacher", "distill", "export", "evaluate"],
-    "data": {
-        "train": "synthetic",
-        "eval_pairs": 40,
-        "eval_fraction": 0.3,
-        "synthetic": {"identities": 8, "images_per_identity": 6, "seed": 0},
-    },
-    "teacher": {
-        "model": "vit_face_micro",
-        "args": {"embedding_size": 32},
-        "train": {"epochs": 1, "batch_size": 16, "head": {"name": "arcface", "s": 16.0}},
-    },
-    "distill": {
-        "student": "birealface",
-        "args": {"width": 32, "depths": [1]},
-        "train": {"epochs": 1, "batch_size": 16},
-    },
-    "export": {"probe_images": 4},
-    "evaluate": {"runs": 3, "warmup": 1},
-}
+TINY = tiny_pipeline()
 
 
 @pytest.fixture(scope="module")

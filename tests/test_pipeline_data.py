@@ -14,8 +14,8 @@ from faces.recordio import write_recordio
 from faces.synthetic import write_synthetic_faces
 from faces.transforms import normalise
 from faces.verification_sets import write_bin
-from pipelines.config import ConfigError, load_config
-from pipelines.data import DataContext, is_recordio
+from pipelines.core.config import ConfigError, load_config
+from pipelines.training.data import DataContext, is_recordio
 
 IDS, PER = 6, 4
 

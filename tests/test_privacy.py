@@ -12,14 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from faces.evaluate import embed_images, torch_embed_fn
-from faces.privacy.gradients import (
+from faces.transforms import normalise
+from privacy.gradients import (
     GradientAttack,
     gradient_matching_loss,
     invert_gradients,
     observed_gradient,
     total_variation,
 )
-from faces.privacy.inversion import (
+from privacy.inversion import (
     IMAGE_LIMIT,
     Decoder,
     InversionBudget,
@@ -27,7 +28,7 @@ from faces.privacy.inversion import (
     template_inversion,
     templates_of,
 )
-from faces.privacy.metrics import (
+from privacy.metrics import (
     acceptance_rate,
     binary_verification_metrics,
     hamming_similarity,
@@ -41,7 +42,6 @@ from faces.privacy.metrics import (
     to_uint8,
     to_unit,
 )
-from faces.transforms import normalise
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image
+from tiny_pipeline import tiny_pipeline
 from torch import nn
 
 from faces.evaluate import torch_embed_fn
-from faces.privacy.analysis import (
+from faces.transforms import normalise
+from privacy.analysis import (
     PrivacyBudget,
     TargetSet,
     _best_order,
@@ -24,10 +26,9 @@ from faces.privacy.analysis import (
     attacked_rows,
     format_table,
 )
-from faces.privacy.gradients import GradientAttack
-from faces.privacy.inversion import InversionBudget
-from faces.privacy.judges import dlib_missing
-from faces.transforms import normalise
+from privacy.gradients import GradientAttack
+from privacy.inversion import InversionBudget
+from privacy.judges import dlib_missing
 
 SIZE = 16
 
@@ -189,33 +190,22 @@ def test_the_same_budget_gives_the_same_figures(tmp_path) -> None:
 
 
 # -- the stage and the command ----------------------------------------------------------------
-TINY = {
-    "pipeline": {"name": "tiny_privacy", "experiment": "facekd-test", "seed": 0},
-    "stages": ["teacher", "distill", "privacy"],
-    "data": {
-        "train": "synthetic",
-        "eval_pairs": 40,
-        "eval_fraction": 0.3,
-        "synthetic": {"identities": 8, "images_per_identity": 6, "seed": 0},
-    },
-    "teacher": {
-        "model": "vit_face_micro",
-        "args": {"embedding_size": 32},
-        "train": {"epochs": 1, "batch_size": 16, "head": {"name": "arcface", "s": 16.0}},
-    },
-    "distill": {
-        "student": "birealface",
-        "args": {"width": 16, "depths": [1]},
-        "train": {"epochs": 1, "batch_size": 16},
-    },
-    "privacy": {
-        "attacker_images": 24,
-        "attacked_people": 3,
-        "grid_faces": 3,
-        "inversion": {"steps": 3, "batch_size": 8, "decoder_width": 4},
-        "gradient": {"iterations": 2, "batch_sizes": [1, 2], "faces": 2},
-    },
-}
+TINY = tiny_pipeline(
+    **{
+        "pipeline.name": "tiny_privacy",
+        "stages": ["teacher", "distill", "privacy"],
+        "distill.args.width": 16,
+        "export": None,
+        "evaluate": None,
+        "privacy": {
+            "attacker_images": 24,
+            "attacked_people": 3,
+            "grid_faces": 3,
+            "inversion": {"steps": 3, "batch_size": 8, "decoder_width": 4},
+            "gradient": {"iterations": 2, "batch_sizes": [1, 2], "faces": 2},
+        },
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -333,7 +323,7 @@ def test_privacy_command_on_a_run_folder(workdir, monkeypatch, capsys):
 
 
 def test_privacy_folders_are_checked_before_anything_runs(tmp_path) -> None:
-    from pipelines.config import ConfigError, validate_raw
+    from pipelines.core.config import ConfigError, validate_raw
 
     raw = {**TINY, "privacy": {"attacker": [str(tmp_path / "missing")]}}
     with pytest.raises(ConfigError, match=r"privacy\.attacker\[0\]: folder .*missing"):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from faces.evaluate import embed_images
-from faces.privacy.analysis import TargetSet, attacked_rows, make_judge
-from faces.privacy.judges import DLIB, JudgeModel, dlib_missing
+from privacy.analysis import TargetSet, attacked_rows, make_judge
+from privacy.judges import DLIB, JudgeModel, dlib_missing
 
 needs_dlib = pytest.mark.skipif(dlib_missing() is not None, reason="facekd[judge] not installed")
 
@@ -66,7 +66,7 @@ def test_a_bare_embed_fn_judges_like_a_facekd_model(faces: TargetSet) -> None:
 
 @needs_dlib
 def test_dlib_landmarks_sit_on_the_eyes_and_nose(faces: TargetSet) -> None:
-    from faces.privacy.judges import dlib_landmarks
+    from privacy.judges import dlib_landmarks
 
     points = dlib_landmarks(faces.images)
     assert points.shape == (5, 2) and ((points > 0) & (points < 112)).all()
@@ -80,7 +80,7 @@ def test_dlib_landmarks_sit_on_the_eyes_and_nose(faces: TargetSet) -> None:
 
 @needs_dlib
 def test_dlib_judge_tells_a_copy_from_another_person(faces: TargetSet) -> None:
-    from faces.privacy.judges import dlib_judge
+    from privacy.judges import dlib_judge
 
     judge = dlib_judge(faces.images)
     assert not judge.flip
@@ -103,8 +103,8 @@ def test_dlib_judge_in_the_analysis(faces: TargetSet, tmp_path) -> None:
     """The analysis runs with dlib as judge: its real pairs and the mean-face baseline."""
     from dataclasses import replace
 
-    from faces.privacy.analysis import PrivacyBudget, analyse
-    from faces.privacy.judges import dlib_judge
+    from privacy.analysis import PrivacyBudget, analyse
+    from privacy.judges import dlib_judge
 
     budget = replace(PrivacyBudget(), attacks=("inversion",), attacked_people=6, grid_faces=2)
     report = analyse({}, dlib_judge(faces.images), faces.images, faces, budget, tmp_path, print)
@@ -114,12 +114,12 @@ def test_dlib_judge_in_the_analysis(faces: TargetSet, tmp_path) -> None:
 
 
 def test_config_names_the_dlib_judge(monkeypatch, tmp_path) -> None:
-    from pipelines.config import ConfigError, PrivacyConfig, check_privacy
-    from pipelines.stages import PrivacyStage
+    from pipelines.core.config import ConfigError, PrivacyConfig, check_privacy
+    from pipelines.orchestration.stages import PrivacyStage
 
     if dlib_missing() is None:
         check_privacy(PrivacyConfig(judge=DLIB), "p.yaml")  # no file needed
-        from pipelines.config import PipelineConfig
+        from pipelines.core.config import PipelineConfig
 
         config = PipelineConfig.model_validate(
             {

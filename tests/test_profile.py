@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipelines.cli import main
-from pipelines.profiling import count_flops, profile_model
+from pipelines.evaluation.profiling import count_flops, profile_model
 
 
 def test_flops_of_a_known_layer() -> None:

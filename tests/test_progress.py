@@ -1,4 +1,4 @@
-"""faces.progress: one line per epoch (and every few minutes within one) off a terminal."""
+"""faces.progress: off a terminal, at most one line per interval and the stage's last line."""
 
 from __future__ import annotations
 
@@ -55,25 +55,35 @@ class _Clock:
         return self.now
 
 
-def test_one_line_per_epoch() -> None:
+def test_at_most_one_line_per_interval_and_the_last_line() -> None:
+    # 12 steps in 3 epochs, the clock advancing 0.5 s per read: the whole fit is a few seconds,
+    # so a 30 s interval leaves only the stage's last line, not one per epoch
     lines: list[str] = []
-    _fit(ProgressLines("fit", every_minutes=60, write=lines.append, clock=_Clock(0.5)))
-    assert len(lines) == 3, lines
+    _fit(ProgressLines("fit", every_seconds=30, write=lines.append, clock=_Clock(0.5)))
+    assert len(lines) == 1, lines
+    assert LINE.match(lines[0]), lines
+    assert lines[0].startswith("[fit] epoch 3/3, step 12/12:") and lines[0].endswith("ETA 0 s")
+
+
+def test_lines_follow_the_interval_not_the_epochs() -> None:
+    lines: list[str] = []
+    _fit(ProgressLines("fit", every_seconds=3, write=lines.append, clock=_Clock(1.0)))
     assert all(LINE.match(line) for line in lines), lines
-    assert lines[-1].startswith("[fit] epoch 3/3, step 12/12:") and lines[-1].endswith("ETA 0 s")
-    assert "ETA 0 s" not in lines[0]
+    assert lines[-1].startswith("[fit] epoch 3/3, step 12/12:")
+    assert 2 <= len(lines) < 12, lines  # more than the last line, fewer than one per step
+    # lines inside epochs too (steps that are not the end of an epoch)
+    assert any(not re.search(r"step (4|8|12)/12:", line) for line in lines), lines
 
 
-def test_lines_within_a_long_epoch() -> None:
+def test_a_quick_stage_after_a_line_still_ends_with_its_last_line() -> None:
     lines: list[str] = []
-    _fit(ProgressLines("fit", every_minutes=1, write=lines.append, clock=_Clock(40)))
-    within = [line for line in lines if not re.search(r"step (4|8|12)/12:", line)]
-    assert within and all(LINE.match(line) for line in lines), lines
+    _fit(ProgressLines("fit", every_seconds=1, write=lines.append, clock=_Clock(0.3)), epochs=1)
+    assert lines[-1].startswith("[fit] epoch 1/1, step 4/4:"), lines
 
 
 def test_eta_is_bounded_by_max_minutes() -> None:
     lines: list[str] = []
-    cb = ProgressLines("fit", every_minutes=60, max_minutes=1, write=lines.append, clock=_Clock(1))
+    cb = ProgressLines("fit", every_seconds=2, max_minutes=1, write=lines.append, clock=_Clock(1))
     _fit(cb, epochs=3)
     assert "ETA" in lines[0] and int(re.search(r"ETA (\d+) s", lines[0]).group(1)) < 60
 
@@ -87,13 +97,13 @@ def test_format_duration() -> None:
 
 def test_interval_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(progress.ENV, raising=False)
-    assert progress.every_minutes() == 5.0
+    assert progress.every_seconds() == 30.0
     monkeypatch.setenv(progress.ENV, "0.5")
-    assert progress.every_minutes() == 0.5
+    assert progress.every_seconds() == 0.5
     for bad in ("0", "-1", "soon", "nan"):
         monkeypatch.setenv(progress.ENV, bad)
-        with pytest.raises(progress.ProgressSettingError, match="FACEKD_PROGRESS_MINUTES"):
-            progress.every_minutes()
+        with pytest.raises(progress.ProgressSettingError, match="FACEKD_PROGRESS_SECONDS"):
+            progress.every_seconds()
 
 
 def test_lines_only_off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,8 +5,8 @@ facekd's own lines are exactly:
 
 * the shapes in ``OWN`` (stage start / done / skipped, MLflow run, progress lines, facekd's
   ``warning:`` / ``note:`` lines, the command that opens the MLflow UI), and blank lines;
-* the lines of the summary table, as :func:`pipelines.summary.summary_table` renders it from
-  the run's stage records.
+* the lines of the summary table, as :func:`pipelines.orchestration.summary.summary_table`
+  renders it from the run's stage records.
 
 Any other line on standard output or standard error fails the test.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config
-from pipelines.orchestrator import Orchestrator
-from pipelines.summary import summary_table
+from pipelines.core.config import load_config
+from pipelines.orchestration.orchestrator import Orchestrator
+from pipelines.orchestration.summary import summary_table
 
 pytestmark = pytest.mark.slow
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_pipeline import tiny_pipeline
 
 from faces.synthetic import write_synthetic_faces
 from pipelines.cli import main
@@ -40,23 +41,12 @@ def test_pipeline_and_eval_leave_data_folders_unchanged(
     for folder in (train, held):
         assert os.access(folder, os.W_OK)  # writable: nothing but facekd's manners keeps it so
     before = {f: snapshot(f) for f in (train, held)}
-    config = {
-        "pipeline": {"name": "readonly", "experiment": "facekd-test", "seed": 0},
-        "stages": ["teacher", "distill", "export", "evaluate"],
-        "data": {"train": str(train), "eval": str(held), "eval_pairs": 40},
-        "teacher": {
-            "model": "vit_face_micro",
-            "args": {"embedding_size": 32},
-            "train": {"epochs": 1, "batch_size": 16, "head": {"name": "arcface", "s": 16.0}},
-        },
-        "distill": {
-            "student": "birealface",
-            "args": {"width": 32, "depths": [1]},
-            "train": {"epochs": 1, "batch_size": 16},
-        },
-        "export": {"probe_images": 4},
-        "evaluate": {"runs": 3, "warmup": 1},
-    }
+    config = tiny_pipeline(
+        **{
+            "pipeline.name": "readonly",
+            "data": {"train": str(train), "eval": str(held), "eval_pairs": 40},
+        }
+    )
     (tmp_path / "readonly.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -73,8 +63,8 @@ def test_pipeline_and_eval_leave_data_folders_unchanged(
 
 
 def test_manifest_beside_the_data_only_when_asked(tmp_path: Path) -> None:
-    from pipelines.config import load_config
-    from pipelines.data import DataContext
+    from pipelines.core.config import load_config
+    from pipelines.training.data import DataContext
 
     train = write_synthetic_faces(tmp_path / "faces", 6, 4, seed=3)
     held = write_synthetic_faces(tmp_path / "held", 4, 3, seed=4)

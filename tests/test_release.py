@@ -16,34 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tiny_pipeline import tiny_pipeline
 
-from pipelines.bundle import BundleError, load_bundle
 from pipelines.cli import main
+from pipelines.tracking.bundle import BundleError, load_bundle
 
 pytestmark = pytest.mark.slow
 
 EXPERIMENT = "facekd-team"
-PIPELINE = {
-    "pipeline": {"name": "team", "experiment": EXPERIMENT, "seed": 0},
-    "data": {
-        "train": "synthetic",
-        "eval_pairs": 40,
-        "eval_fraction": 0.3,
-        "synthetic": {"identities": 8, "images_per_identity": 6, "seed": 0},
-    },
-    "teacher": {
-        "model": "vit_face_micro",
-        "args": {"embedding_size": 32},
-        "train": {"epochs": 1, "batch_size": 16, "head": {"name": "arcface", "s": 16.0}},
-    },
-    "distill": {
-        "student": "birealface",
-        "args": {"width": 32, "depths": [1]},
-        "train": {"epochs": 1, "batch_size": 16},
-    },
-    "export": {"probe_images": 4},
-    "evaluate": {"runs": 20, "warmup": 2, "instances": 1},
-}
+PIPELINE = tiny_pipeline(
+    **{
+        "pipeline": {"name": "team", "experiment": EXPERIMENT, "seed": 0},
+        "evaluate": {"runs": 20, "warmup": 2, "instances": 1},
+    }
+)
 
 
 def _free_port() -> int:
@@ -214,7 +200,7 @@ def test_release_of_an_unknown_run_is_refused(team: Path, capsys) -> None:
 def test_model_card_lists_every_set_and_the_mean() -> None:
     from types import SimpleNamespace
 
-    from pipelines.release import model_card
+    from pipelines.tracking.release import model_card
 
     metrics = {"verify.mean.acc": 0.8, "verify.threshold_at_far": 0.31}
     for name, acc in (("lfw", 0.9), ("cfp_fp", 0.7), ("agedb_30", 0.8)):
@@ -268,7 +254,7 @@ def _table_row(card: str, label: str) -> list[str]:
 
 
 def test_model_card_privacy_section_states_the_leakage() -> None:
-    from pipelines.release import model_card
+    from pipelines.tracking.release import model_card
 
     card = model_card("m", "1", _card_run({"verify.lfw.acc": 0.9, **PRIVACY}), 128, {})
     section = card[card.index("## Privacy") : card.index("## Known limits")]
@@ -296,7 +282,7 @@ def test_model_card_privacy_section_states_the_leakage() -> None:
 
 
 def test_model_card_without_privacy_metrics_says_so() -> None:
-    from pipelines.release import model_card
+    from pipelines.tracking.release import model_card
 
     card = model_card("m", "1", _card_run({"verify.lfw.acc": 0.9}), 128, {})
     assert "## Privacy\nNo privacy analysis was run for this release" in card
@@ -307,7 +293,7 @@ def test_model_card_without_privacy_metrics_says_so() -> None:
 def test_privacy_metrics_of_the_summary_or_the_privacy_stage_run() -> None:
     from types import SimpleNamespace
 
-    from pipelines.release import privacy_metrics
+    from pipelines.tracking.release import privacy_metrics
 
     stage = _card_run({"privacy.student.inversion.accept": 0.25, "verify.x.acc": 1.0})
 

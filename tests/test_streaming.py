@@ -25,7 +25,7 @@ from faces.streaming import (
     worker_init,
 )
 from faces.transforms import apply_augment, augment, augment_params
-from pipelines.loading import loader_errors, make_loader, resolve_workers, training_threads
+from pipelines.training.loading import loader_errors, make_loader, resolve_workers, training_threads
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -236,7 +236,7 @@ def test_dataloader_of_plain_indices_works_too() -> None:
 def test_sigterm_during_training_asks_for_a_checkpoint_then_stops(tmp_path: Path) -> None:
     import signal
 
-    from pipelines.loading import StepCheckpoint, checkpoint_on_sigterm
+    from pipelines.training.loading import StepCheckpoint, checkpoint_on_sigterm
 
     callback = StepCheckpoint(tmp_path / "last.ckpt", every=0)
     before = signal.getsignal(signal.SIGTERM)

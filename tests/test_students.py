@@ -178,7 +178,7 @@ def test_learning_rate_schedules() -> None:
 
 
 def test_distill_config_rejects_a_schedule_without_binary_epochs() -> None:
-    from pipelines.config import ConfigError, validate_raw
+    from pipelines.core.config import ConfigError, validate_raw
 
     train = {"epochs": 3, "float_epochs": 2, "binary_activation_epochs": 1}
     raw = {"pipeline": {"name": "x"}, "distill": {"train": train}}

@@ -1,4 +1,4 @@
-"""Tests for pipelines.summary: the teacher/student table and the parent run's metrics."""
+"""pipelines.orchestration.summary: the teacher/student table, the parent run's metrics."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config
-from pipelines.summary import acc_delta_pt, run_summary, summary_table
+from pipelines.core.config import load_config
+from pipelines.orchestration.summary import acc_delta_pt, run_summary, summary_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,16 +3,15 @@ wait in the run folder and are sent when it answers again, or by ``facekd sync``
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
-from test_pipeline import TINY
+from tiny_pipeline import tiny_pipeline
 
 from pipelines.cli import main
-from pipelines.tracking import OUTBOX, StageRun
+from pipelines.tracking.runs import OUTBOX, StageRun
 
 
 class _Outage:
@@ -59,9 +58,7 @@ def test_metrics_wait_in_the_outbox_and_follow_in_order(tmp_path, monkeypatch, c
 def test_pipeline_trains_through_an_outage(tmp_path, monkeypatch, capsys) -> None:
     """The server stops answering after the first teacher epoch and answers again at the
     third: training never stops, and every epoch's metrics reach MLflow in the end."""
-    config = copy.deepcopy(TINY)
-    config["stages"] = ["teacher"]
-    config["teacher"]["train"]["epochs"] = 3
+    config = tiny_pipeline(**{"stages": ["teacher"], "teacher.train.epochs": 3})
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -89,7 +86,7 @@ def test_pipeline_trains_through_an_outage(tmp_path, monkeypatch, capsys) -> Non
 def test_facekd_sync_sends_what_a_run_kept(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from pipelines.tracking import tracking_uri
+    from pipelines.tracking.runs import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_experiment("sync")  # not an experiment id cached by an earlier test

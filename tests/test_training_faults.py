@@ -1,4 +1,4 @@
-"""Faults inside ``pipelines.training.fit``: NaN loss, a checkpoint write cut short."""
+"""Faults inside ``pipelines.training.fit.fit``: NaN loss, a checkpoint write cut short."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from torch import nn
 from faces.callbacks import NonFiniteLossError, check_finite
 from faces.streaming import TensorSource, TrainingFaces
 from faces.verification_sets import VerificationSet
-from pipelines.config import TrainConfig
-from pipelines.training import AtomicCheckpointIO, RNGStateCallback, fit
+from pipelines.core.config import TrainConfig
+from pipelines.training.fit import AtomicCheckpointIO, RNGStateCallback, fit
 
 
 class _Regressor(pl.LightningModule):

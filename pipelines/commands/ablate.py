@@ -1,6 +1,6 @@
 """``facekd ablate``: one pipeline file, several variants, sibling MLflow runs to compare.
 
-The ablation file and how its variants run: ``pipelines.ablation``.
+The ablation file and how its variants run: ``pipelines.orchestration.ablation``.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipelines import ablation
+from pipelines.orchestration import ablation
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from export.bench_rows import bench, format_table
-    from pipelines.config import ConfigError
+    from pipelines.core.config import ConfigError
 
     try:
         result = bench(

@@ -1,5 +1,5 @@
 """``facekd compare``: one row per pipeline run, the accuracy-vs-FPS Pareto front, pareto.png
-(library: ``pipelines.compare_rows``)."""
+(library: ``pipelines.tracking.compare``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines.compare_rows import (
+from pipelines.tracking.compare import (
     PRIVACY_COLUMNS,
     compare,
     format_table,

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from pipelines.environment import Check, report
+from pipelines.orchestration.environment import Check, report
 
 
 def format_report(checks: list[Check]) -> str:

@@ -40,20 +40,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from export.embedders import load_embedder
-from faces.data import FaceDataError
-from faces.evaluate import FarThreshold
-from pipelines.eval_report import format_table
-from teachers.checkpoint import CheckpointError
-
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run ``facekd eval``; prints a table (or one JSON object with ``--json``); returns 0.
 
     Raises FaceDataError / CheckpointError for bad input (the CLI maps them to exit code 2).
     """
+    # the heavy stack is imported when the command runs, not when `facekd --help` builds it
+    from export.embedders import load_embedder
+    from faces.data import FaceDataError
+    from faces.evaluate import FarThreshold
     from faces.verification_sets import load_verification_sets
-    from pipelines.eval_models import FACEKD_ARTIFACTS, compare, eval_report, parse_data_args
+    from pipelines.evaluation.models import FACEKD_ARTIFACTS, compare, eval_report, parse_data_args
+    from pipelines.evaluation.report import format_table
+    from teachers.checkpoint import CheckpointError
 
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="facekd")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
+    from faces.data import FaceDataError
+    from teachers.checkpoint import CheckpointError
+
     try:
         return run_eval(args)
     except (FaceDataError, CheckpointError) as exc:

@@ -13,7 +13,7 @@ def _settings(args: argparse.Namespace) -> Any:
     """The ``privacy`` section from the flags and ``--set`` overrides (keys of that section)."""
     from pydantic import ValidationError
 
-    from pipelines.config import (
+    from pipelines.core.config import (
         ConfigError,
         PrivacyConfig,
         _format_errors,
@@ -37,7 +37,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def _models(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
     """The teacher and student artifacts: the flags, else those of the run folder."""
-    from pipelines.config import ConfigError
+    from pipelines.core.config import ConfigError
 
     run = Path(args.run) if args.run else None
     if run is not None and not run.is_dir():
@@ -57,9 +57,8 @@ def _models(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
 
 
 def _cmd_privacy(args: argparse.Namespace) -> int:
-    from faces.privacy.analysis import analyse, format_table
-    from pipelines.config import ConfigError
-    from pipelines.privacy import (
+    from pipelines.core.config import ConfigError
+    from pipelines.orchestration.privacy_inputs import (
         attacker_faces,
         budget_of,
         load_judge,
@@ -67,6 +66,7 @@ def _cmd_privacy(args: argparse.Namespace) -> int:
         no_faces,
         target_set,
     )
+    from privacy.analysis import analyse, format_table
 
     cfg = _settings(args)
     inverting = "inversion" in cfg.attacks

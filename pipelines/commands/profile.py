@@ -1,5 +1,5 @@
 """``facekd profile NAME``: size and cost of any registered teacher or student at 112x112
-(library: ``pipelines.profiling``)."""
+(library: ``pipelines.evaluation.profiling``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import argparse
 import json
 from typing import Any
 
-from pipelines.config import apply_override
+from pipelines.core.config import apply_override
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from pipelines.profiling import profile_model
+    from pipelines.evaluation.profiling import profile_model
 
     model_args: dict[str, Any] = {}
     for assignment in args.arg:

@@ -1,5 +1,5 @@
 """``facekd release RUN_ID --name NAME``: register a student in the MLflow Model Registry and
-write its release bundle (library: ``pipelines.release``)."""
+write its release bundle (library: ``pipelines.tracking.release``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pipelines.release import release
+from pipelines.tracking.release import release
 
 
 def _cmd_release(args: argparse.Namespace) -> int:

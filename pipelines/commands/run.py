@@ -7,11 +7,11 @@ from typing import Any
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipelines import logs
-    from pipelines.config import load_config
-    from pipelines.orchestrator import Orchestrator
-    from pipelines.summary import summary_table
-    from pipelines.tracking import tracking_uri
+    from pipelines.core import logs
+    from pipelines.core.config import load_config
+    from pipelines.orchestration.orchestrator import Orchestrator
+    from pipelines.orchestration.summary import summary_table
+    from pipelines.tracking.runs import tracking_uri
 
     config = load_config(args.pipeline, args.set)
     logs.to_folder(config.output_dir())
@@ -21,7 +21,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(summary_table(records, orch.data.eval_names))
     print()
     if "privacy" in records:
-        from faces.privacy.analysis import format_table
+        from privacy.analysis import format_table
 
         print("Privacy: PSNR dB / SSIM / judge acceptance (lower = less leakage)")
         print(format_table(records["privacy"]["metrics"], prefix="privacy."))

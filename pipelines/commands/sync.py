@@ -8,7 +8,7 @@ from typing import Any
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from pipelines.tracking import OUTBOX, TrackingError, pending_outboxes, send_all
+    from pipelines.tracking.runs import OUTBOX, TrackingError, pending_outboxes, send_all
 
     folder = Path(args.folder)
     if not folder.is_dir():

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError
+from pipelines.core.config import ConfigError
 
 ARTIFACTS = ("student_lce.tflite", "student_float.tflite", "student.onnx", "export_report.json")
 
@@ -24,12 +24,12 @@ class ReleaseError(ConfigError):
 
 
 def _client() -> Any:
-    import mlflow
+    from pipelines.tracking.runs import open_store, tracking_uri
 
-    from pipelines.tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    return mlflow.MlflowClient()
+    try:
+        return open_store().MlflowClient()
+    except Exception as exc:  # noqa: BLE001 - the store does not answer
+        raise ReleaseError(f"MLflow tracking at {tracking_uri()} is not usable: {exc}") from exc
 
 
 def pipeline_run(client: Any, run_id: str) -> Any:
@@ -233,8 +233,8 @@ def release(run_id: str, name: str, version: str | None, output: Path) -> Path:
     from mlflow.types import Schema, TensorSpec
 
     from export.runtime import TFLiteRunner
-    from pipelines.bundle import images_to_input, sha256_bytes, write_sums
-    from pipelines.pyfunc_model import CODE_FILE, model_config
+    from pipelines.tracking.bundle import images_to_input, sha256_bytes, write_sums
+    from pipelines.tracking.pyfunc_model import CODE_FILE, model_config
 
     client = _client()
     run = pipeline_run(client, run_id)

@@ -85,7 +85,7 @@ def dali_check() -> Check:
 
 def tracking_check() -> Check:
     """The MLflow tracking URI facekd logs to, and where it comes from."""
-    from pipelines.tracking import tracking_uri
+    from pipelines.tracking.runs import tracking_uri
 
     uri = tracking_uri(create=False)
     source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "default"

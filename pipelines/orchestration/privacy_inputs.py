@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from faces.data import FaceDataError, decode_images, load_image, scan_image_folder
-from faces.privacy.analysis import PrivacyBudget, TargetSet
-from faces.privacy.gradients import GradientAttack
-from faces.privacy.inversion import InversionBudget
-from faces.privacy.judges import DLIB, JudgeModel, dlib_judge, model_judge
 from faces.transforms import fill_black_border
-from pipelines.artifacts import load_model
-from pipelines.config import PrivacyConfig
-from pipelines.data import image_files_under
+from pipelines.core.artifacts import load_model
+from pipelines.core.config import PrivacyConfig
+from pipelines.training.data import image_files_under
+from privacy.analysis import PrivacyBudget, TargetSet
+from privacy.gradients import GradientAttack
+from privacy.inversion import InversionBudget
+from privacy.judges import DLIB, JudgeModel, dlib_judge, model_judge
 
 __all__ = [
     "budget_of",

@@ -6,7 +6,7 @@ folder listing, :mod:`faces.streaming`), or decoded into memory once when they f
 ``data.memory_budget_mb`` (``data.cache_in_memory``). ``data.eval`` is null (people held out
 of ``train``), an ImageFolder (pairs drawn with the pipeline seed), an InsightFace ``.bin``,
 an image folder with a pairs file (LFW ``pairs.txt`` or CSV/TSV), or a list of those
-(``eval_sets``, see :mod:`pipelines.eval_sets`); files keep their pairs and order.
+(``eval_sets``, see :mod:`pipelines.evaluation.sets`); files keep their pairs and order.
 """
 
 from __future__ import annotations
@@ -47,14 +47,8 @@ from faces.streaming import (
 )
 from faces.transforms import IMAGE_SIZE, fill_black_border
 from faces.verification_sets import SetSpec, VerificationSet, load_verification_sets
-from pipelines.config import PipelineConfig
-from pipelines.eval_sets import (
-    eval_fingerprint,
-    eval_identities,
-    eval_specs,
-    far_threshold,
-    set_names,
-)
+from pipelines.core.config import PipelineConfig, eval_specs, set_names
+from pipelines.evaluation.sets import eval_fingerprint, eval_identities, far_threshold
 
 
 def image_files_under(folders: list[str]) -> list[Path]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import ConfigError, PipelineConfig, apply_override, set_key, validate_raw
+from pipelines.core.config import ConfigError, PipelineConfig, apply_override, set_key, validate_raw
 
 
 @dataclass
@@ -129,8 +129,8 @@ def run_ablation(
     log: Any = print,
 ) -> list[dict[str, Any]]:
     """Run every variant; returns one result row per variant (also written as JSON/Markdown)."""
-    from pipelines import logs
-    from pipelines.orchestrator import Orchestrator
+    from pipelines.core import logs
+    from pipelines.orchestration.orchestrator import Orchestrator
 
     variants = expand_ablation(path, overrides, only)
     base_out = variants[0].config.output_dir().parent

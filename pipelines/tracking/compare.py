@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError
+from pipelines.core.config import ConfigError
 
 
 @dataclass
@@ -191,11 +191,12 @@ def row_json(row: CompareRow, privacy: bool = False) -> dict[str, Any]:
 
 def collect_rows(experiments: list[str]) -> list[CompareRow]:
     """Rows of every finished pipeline run in the named experiments of the tracking store."""
-    import mlflow
+    from pipelines.tracking.runs import TrackingError, open_store, tracking_uri
 
-    from pipelines.tracking import TrackingError, tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        mlflow = open_store()
+    except Exception as exc:  # noqa: BLE001 - any backend failure
+        raise TrackingError(f"MLflow tracking at {tracking_uri()} is not usable: {exc}") from exc
     rows: list[CompareRow] = []
     references: dict[tuple[Any, ...], CompareRow] = {}  # the latest measurement of each
     stage_runs: dict[str, Any] = {}  # run id -> stage run, of every experiment

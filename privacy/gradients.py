@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from faces.privacy.inversion import IMAGE_LIMIT
+from privacy.inversion import IMAGE_LIMIT
 
 __all__ = [
     "TrainingLoss",

@@ -37,7 +37,7 @@ def teacher_references(
     """
     from export.teacher_export import export_teacher
     from export.tflite import convert_int8, save_flatbuffer
-    from pipelines.artifacts import load_model
+    from pipelines.core.artifacts import load_model
 
     cache = teacher_artifact.parent / "reference" / teacher_hash[:16]
     paths = {name: cache / f"{name}.tflite" for name in REFERENCES}

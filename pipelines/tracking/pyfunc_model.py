@@ -8,7 +8,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
-from pipelines.bundle import BundleError, images_to_input, sha256_bytes
+from pipelines.tracking.bundle import BundleError, images_to_input, sha256_bytes
 
 CODE_FILE = Path(__file__).with_name("released_model.py")  # MLflow's models-from-code file
 

@@ -27,16 +27,18 @@ from torch import nn
 
 from faces.data import make_pairs
 from faces.evaluate import EmbedFn, pair_embeddings, scores_of, torch_embed_fn
-from faces.privacy.gradients import GradientAttack, invert_gradients, observed_gradient
-from faces.privacy.inversion import (
+from faces.transforms import normalise
+from faces.verification import verification_metrics
+from privacy.gradients import GradientAttack, invert_gradients, observed_gradient
+from privacy.inversion import (
     Decoder,
     InversionBudget,
     outputs_of,
     template_inversion,
     templates_of,
 )
-from faces.privacy.judges import JudgeModel
-from faces.privacy.metrics import (
+from privacy.judges import JudgeModel
+from privacy.metrics import (
     acceptance_rate,
     binary_verification_metrics,
     impostor_scores,
@@ -46,8 +48,6 @@ from faces.privacy.metrics import (
     ssim,
     to_uint8,
 )
-from faces.transforms import normalise
-from faces.verification import verification_metrics
 
 __all__ = [
     "PrivacyBudget",

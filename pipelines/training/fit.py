@@ -19,9 +19,9 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from faces.callbacks import MetricsCallback, MetricSink, VerificationCallback
 from faces.progress import on_terminal, progress_callbacks
 from faces.streaming import EpochSampler, TrainingFaces
-from pipelines.config import TrainConfig
-from pipelines.data import DataContext
-from pipelines.loading import (
+from pipelines.core.config import TrainConfig
+from pipelines.training.data import DataContext
+from pipelines.training.loading import (
     LoaderPosition,
     StepCheckpoint,
     checkpoint_on_sigterm,
@@ -140,7 +140,7 @@ def fit(
     ``sampler`` replaces plain shuffling (e.g. a fixed share of labelled faces per batch).
     Batches are loaded by ``data.num_workers`` processes; ``last.ckpt`` is also written every
     ``cfg.checkpoint_every_steps`` steps and on SIGTERM, and a resumed run continues after
-    the last checkpointed batch (:mod:`pipelines.loading`).
+    the last checkpointed batch (:mod:`pipelines.training.loading`).
 
     Verification on the evaluation pairs runs every ``cfg.eval_every`` epochs and at the end;
     every epoch's metrics go to ``sink``. Returns the last verification metrics.

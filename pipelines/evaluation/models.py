@@ -1,7 +1,7 @@
 """What ``facekd eval`` measures: a model (and a reference) on verification sets.
 
 Models are loaded as embedders by ``export.embedders``; the sets by
-``faces.verification_sets``; the table is ``pipelines.eval_report``.
+``faces.verification_sets``; the table is ``pipelines.evaluation.report``.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from export.embedders import ArtifactFormat, LoadedModel
 from faces.data import FaceDataError
 from faces.evaluate import FarThreshold
 from faces.verification_sets import SetSpec, VerificationSet
-from pipelines.artifacts import FORMAT, load_model
+from pipelines.core.artifacts import FORMAT, load_model
 from teachers.checkpoint import CheckpointError
 
 __all__ = ["FACEKD_ARTIFACTS", "compare", "eval_report", "parse_data_args"]
 
 
 FACEKD_ARTIFACTS = ArtifactFormat(FORMAT, load_model)
-"""facekd's model artifacts (``pipelines.artifacts``), for ``export.embedders.load_embedder``."""
+"""facekd's model artifacts (``pipelines.core.artifacts``), for ``load_embedder``."""
 
 NOISE_RELATIVE = 1e-6
 """Relative input perturbation of ``--noise-draws``: float32 rounding's order of magnitude."""
@@ -170,7 +170,7 @@ def eval_report(
 ) -> dict[str, Any]:
     """The report of ``facekd eval`` (``compare``'s metrics and details, the sets, the models);
     ``started`` is the ``time.perf_counter()`` of the command's start. ``--json`` prints it,
-    ``pipelines.eval_report.format_table`` makes the table."""
+    ``pipelines.evaluation.report.format_table`` makes the table."""
     set_reports = [_set_report(spec, s) for spec, s in zip(specs, sets, strict=True)]
     one = len(sets) == 1
     report = {

@@ -18,13 +18,13 @@ from torch import nn
 
 from faces.data import FaceDataError
 from faces.evaluate import EmbedFn, set_scores, sets_metrics, torch_embed_fn
-from faces.privacy.judges import DLIB as DLIB_JUDGE
 from faces.verification import roc_curve, save_roc_plot
-from pipelines.artifacts import atomic_write_json, load_model, save_model
-from pipelines.config import PipelineConfig
-from pipelines.data import DataContext
-from pipelines.reference_models import REFERENCES
-from pipelines.tracking import StageRun
+from pipelines.core.artifacts import atomic_write_json, load_model, save_model
+from pipelines.core.config import PipelineConfig
+from pipelines.evaluation.references import REFERENCES
+from pipelines.tracking.runs import StageRun
+from pipelines.training.data import DataContext
+from privacy.judges import DLIB as DLIB_JUDGE
 from teachers.checkpoint import load_checkpoint_into, sha256_file
 
 
@@ -140,7 +140,7 @@ class TeacherStage(Stage):
             save_model(out, "teacher", cfg.model, cfg.args, None, checkpoint=cfg.checkpoint)
             metrics = {}
         else:
-            from pipelines.training import fit
+            from pipelines.training.fit import fit
 
             train = cfg.train
             head = {k: v for k, v in train.head.model_dump().items() if v is not None}
@@ -220,7 +220,7 @@ class DistillStage(Stage):
             uses_teacher,
         )
         from distill.module import Distiller, class_centres_of_map
-        from pipelines.training import fit
+        from pipelines.training.fit import fit
         from students.registry import create_student
 
         cfg = ctx.config.distill
@@ -334,8 +334,8 @@ def _target_map(ctx: StageContext, teacher: nn.Module, dim: int) -> Any:
     unlabelled folder, used or not: ablation variants with and without them share one map),
     in ``teacher/targets/`` beside the teacher; built once, reused, rebuilt on a mismatch."""
     from distill.targets import build_target_map, wait_for_target_map
-    from pipelines.loading import resolve_workers
-    from pipelines.training import available_cpus, distributed_worker_rank
+    from pipelines.training.fit import available_cpus, distributed_worker_rank
+    from pipelines.training.loading import resolve_workers
 
     data = ctx.data
     unlabelled = ctx.config.distill.unlabelled
@@ -499,7 +499,7 @@ def _reference_flatbuffers(ctx: StageContext) -> dict[str, bytes]:
     """The teacher as float and int8 TFLite (cached beside the teacher), calibrated on the
     training faces the export stage saved; {} with a warning when a conversion fails."""
     from export.bench_rows import load_calibration
-    from pipelines.reference_models import teacher_references
+    from pipelines.evaluation.references import teacher_references
 
     calibration = load_calibration(Path(ctx.inputs["lce_tflite"]).parent, None)
     if calibration is None:
@@ -518,7 +518,7 @@ def _reference_flatbuffers(ctx: StageContext) -> dict[str, bytes]:
 
 class PrivacyStage(Stage):
     """How much of a face leaks from the teacher, the float twin and the 1-bit student:
-    template inversion and gradient leakage under one budget (``faces.privacy``)."""
+    template inversion and gradient leakage under one budget (``privacy``)."""
 
     name = "privacy"
     needs = ("teacher", "student")
@@ -541,7 +541,7 @@ class PrivacyStage(Stage):
         if cfg.targets:
             out["targets"] = folder_fingerprint(cfg.targets)
         if cfg.judge == DLIB_JUDGE:
-            from faces.privacy.judges import dlib_fingerprint
+            from privacy.judges import dlib_fingerprint
 
             out["judge"] = dlib_fingerprint()
         elif cfg.judge:
@@ -549,8 +549,14 @@ class PrivacyStage(Stage):
         return out
 
     def run(self, ctx: StageContext) -> StageResult:
-        from faces.privacy.analysis import analyse
-        from pipelines.privacy import attacker_faces, budget_of, load_judge, models_of, no_faces
+        from pipelines.orchestration.privacy_inputs import (
+            attacker_faces,
+            budget_of,
+            load_judge,
+            models_of,
+            no_faces,
+        )
+        from privacy.analysis import analyse
 
         cfg = ctx.config.privacy
         models = models_of(ctx.inputs["teacher"], ctx.inputs["student"])
@@ -582,8 +588,8 @@ class PrivacyStage(Stage):
 def _privacy_targets(ctx: StageContext) -> Any:
     """The attacked people: ``privacy.targets``, else the held-out evaluation people, else
     ``data.eval`` when it is one ImageFolder (a ``.bin`` or several sets have no one answer)."""
-    from faces.privacy.analysis import TargetSet
-    from pipelines.privacy import target_set
+    from pipelines.orchestration.privacy_inputs import target_set
+    from privacy.analysis import TargetSet
 
     cfg, data = ctx.config.privacy, ctx.data
     if cfg.targets:

@@ -16,11 +16,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from pipelines.artifacts import atomic_write_json, file_hash
-from pipelines.config import STAGE_ORDER, ConfigError, PipelineConfig, flatten
-from pipelines.data import DataContext
-from pipelines.summary import machine_description, run_summary
-from pipelines.tracking import OUTBOX
+from pipelines.core.artifacts import atomic_write_json, file_hash
+from pipelines.core.config import STAGE_ORDER, ConfigError, PipelineConfig, flatten
+from pipelines.orchestration.summary import machine_description, run_summary
+from pipelines.tracking.runs import OUTBOX
+from pipelines.training.data import DataContext
 
 RECORD = "stage.json"
 ACTIVE = "active_run.json"
@@ -90,7 +90,7 @@ class Orchestrator:
     """Plans and runs the stages of one pipeline configuration."""
 
     def __init__(self, config: PipelineConfig, log: Any = print) -> None:
-        from pipelines.stages import STAGES
+        from pipelines.orchestration.stages import STAGES
 
         self.config = config
         self.output_dir = config.output_dir()
@@ -199,7 +199,7 @@ class Orchestrator:
             selected = [only]
         elif start:
             selected = selected[selected.index(start) :]
-        from pipelines.training import distributed_worker_rank
+        from pipelines.training.fit import distributed_worker_rank
 
         if distributed_worker_rank() > 0:
             return self._run_as_distributed_worker(selected, force)
@@ -216,7 +216,7 @@ class Orchestrator:
                     "(use --force to re-run)"
                 )
                 return self.records()
-            from pipelines.tracking import Tracker
+            from pipelines.tracking.runs import Tracker
 
             tracker = Tracker(self.config.pipeline.experiment)
             out_dir = str(self.output_dir.resolve())
@@ -270,8 +270,8 @@ class Orchestrator:
         """A ``ddp`` worker process (rank > 0, started by Lightning re-running the command):
         join the training of the stage that rank 0 is running, without the output lock,
         MLflow runs or records (rank 0 writes those); the process ends after training."""
-        from pipelines.stages import StageContext
-        from pipelines.tracking import NullStageRun
+        from pipelines.orchestration.stages import StageContext
+        from pipelines.tracking.runs import NullStageRun
 
         plans, produced = self.plan(selected, force)
         for plan in plans:
@@ -292,7 +292,7 @@ class Orchestrator:
                 self.config, self.data, self.stage_dir(plan.name), inputs, NullStageRun()
             )
             _seed_everything(self.config.pipeline.seed)
-            self.stages[plan.name].run(ctx)  # exits after its training (pipelines.training)
+            self.stages[plan.name].run(ctx)  # exits after its training (pipelines.training.fit)
             break
         raise RuntimeError(
             "this process was started as a distributed worker (LOCAL_RANK/NODE_RANK > 0) but "
@@ -334,7 +334,7 @@ class Orchestrator:
     def _execute(
         self, plan: StagePlan, produced: dict[str, dict[str, Any]], tracker: Any, parent_id: str
     ) -> dict[str, Any]:
-        from pipelines.stages import StageContext
+        from pipelines.orchestration.stages import StageContext
 
         name = plan.name
         stage = self.stages[name]

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from faces.verification_sets import SetSpec
+
 
 STAGE_ORDER = ("teacher", "distill", "export", "evaluate", "privacy")
 DEFAULT_STAGES = STAGE_ORDER[:4]  # ``privacy`` is optional: it trains attacks for minutes
@@ -295,7 +300,7 @@ class PrivacyConfig(Section):
     ``targets``: an ImageFolder of the attacked people; null: the evaluation people (held-out
     people of ``data.train``, or ``data.eval`` when it is one ImageFolder). ``judge``: a facekd
     model artifact (``.pt``), a checkpoint of ``judge_model``, or ``dlib`` (an independent
-    judge, ``faces.privacy.judges``); null: the teacher."""
+    judge, ``privacy.judges``); null: the teacher."""
 
     attacks: list[Literal["inversion", "gradient"]] = ["inversion", "gradient"]
     attacker: list[str] = []
@@ -439,8 +444,6 @@ def _resolve_paths(config: PipelineConfig, source: Path) -> None:
                 f"{source}: data.extra_train: extra ImageFolders are added to an ImageFolder "
                 f"data.train, not to {train}"
             )
-    from pipelines.eval_sets import check_eval_config
-
     check_eval_config(config, source)
     for i, folder in enumerate(config.distill.unlabelled):
         if not Path(folder).is_dir():
@@ -459,8 +462,8 @@ def check_privacy(cfg: PrivacyConfig, source: str | os.PathLike) -> None:
             raise ConfigError(f"{source}: privacy.attacker[{i}]: folder {folder} does not exist")
     if cfg.targets and not Path(cfg.targets).is_dir():
         raise ConfigError(f"{source}: privacy.targets: folder {cfg.targets} does not exist")
-    from faces.privacy.judges import DLIB as DLIB_JUDGE
-    from faces.privacy.judges import dlib_missing
+    from privacy.judges import DLIB as DLIB_JUDGE
+    from privacy.judges import dlib_missing
 
     if cfg.judge == DLIB_JUDGE:
         if missing := dlib_missing():
@@ -468,6 +471,122 @@ def check_privacy(cfg: PrivacyConfig, source: str | os.PathLike) -> None:
     elif cfg.judge and not Path(cfg.judge).is_file():
         raise ConfigError(
             f"{source}: privacy.judge: file {cfg.judge} does not exist (or name {DLIB_JUDGE!r})"
+        )
+
+
+# The evaluation sets a config names (pipelines.evaluation.sets fingerprints them).
+RESERVED_NAMES = ("mean",)  # verify.mean.acc averages the sets
+
+
+def eval_specs(data: DataConfig) -> list[SetSpec]:
+    """One :class:`SetSpec` per configured set; empty when people are held out of train."""
+    # imported here: faces.verification_sets brings numpy and torch, which `facekd --help`
+    # must not wait for
+    from faces.verification_sets import SetSpec
+
+    ev = data.eval
+    if not ev or ev == data.train:
+        return []
+    if isinstance(ev, str):
+        return [SetSpec(ev, data.eval_name, data.eval_pairs_file)]
+    return [
+        SetSpec(e) if isinstance(e, str) else SetSpec(e.path, e.name, e.pairs_file, e.pairs)
+        for e in ev
+    ]
+
+
+def heldout_name(data: DataConfig) -> str:
+    """The name of the held-out set: ``eval_name``, ``synthetic`` or ``<train>_heldout``."""
+    if data.eval_name:
+        return data.eval_name
+    if data.train == "synthetic":
+        return "synthetic"
+    names = [Path(f).resolve().name for f in [data.train, *data.extra_train]]
+    return "-".join(names) + "_heldout"  # MLflow metric names allow no "+"
+
+
+def set_names(data: DataConfig) -> list[str]:
+    """The names of the evaluation sets, in order (metric keys ``verify.<name>.*``)."""
+    from faces.verification_sets import default_set_name
+
+    specs = eval_specs(data)
+    return [default_set_name(s) for s in specs] if specs else [heldout_name(data)]
+
+
+def _check_one(spec: SetSpec, key: str, pairs_key: str, source: Path) -> None:
+    """``key`` names the set's path in errors, ``pairs_key`` its pairs file."""
+    ev = Path(spec.path)
+    if not ev.exists():
+        raise ConfigError(f"{source}: {key}: {spec.path} does not exist")
+    if ev.is_file() and ev.suffix.lower() != ".bin":
+        raise ConfigError(
+            f"{source}: {key}: {spec.path} is a file but not an InsightFace .bin "
+            "(expected an ImageFolder, a .bin or a folder with a pairs file)"
+        )
+    if spec.pairs_file is None:
+        return
+    if not ev.is_dir():
+        raise ConfigError(
+            f"{source}: {pairs_key}: needs {key} to be an image folder (got {spec.path!r})"
+        )
+    if not Path(spec.pairs_file).is_file():
+        raise ConfigError(f"{source}: {pairs_key}: file {spec.pairs_file} does not exist")
+
+
+def check_eval_config(config: PipelineConfig, source: Path) -> None:
+    """Files and folders of ``data.eval`` exist, set names are distinct, ``threshold_from``
+    names one of them; ConfigError names the file and key."""
+    data = config.data
+    if isinstance(data.eval, list):
+        if not data.eval:
+            raise ConfigError(f"{source}: data.eval: an empty list (null holds people out)")
+        singles = {"eval_pairs_file": data.eval_pairs_file, "eval_name": data.eval_name}
+        for key, value in singles.items():
+            if value is not None:
+                raise ConfigError(
+                    f"{source}: data.{key}: with a list of evaluation sets, give each set its own "
+                    f"({key.removeprefix('eval_')}: in the data.eval entry)"
+                )
+        for i, spec in enumerate(eval_specs(data)):
+            entry = f"data.eval[{i}]"
+            where = entry if isinstance(data.eval[i], str) else f"{entry}.path"
+            _check_one(spec, where, f"{entry}.pairs_file", source)
+    elif data.eval_pairs_file and not data.eval:
+        raise ConfigError(
+            f"{source}: data.eval_pairs_file: needs data.eval to be an image folder (got None)"
+        )
+    elif data.eval:
+        from faces.verification_sets import SetSpec
+
+        spec = SetSpec(data.eval, pairs_file=data.eval_pairs_file)
+        _check_one(spec, "data.eval", "data.eval_pairs_file", source)
+    given = [("data.eval_name", data.eval_name)]
+    if isinstance(data.eval, list):
+        given = [
+            (f"data.eval[{i}].name", getattr(e, "name", None)) for i, e in enumerate(data.eval)
+        ]
+    for key, name in given:
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+            raise ConfigError(
+                f"{source}: {key}: {name!r} is not a valid set name (letters, digits, _ and -: "
+                "it becomes part of metric keys)"
+            )
+    names = set_names(data)
+    for name in names:
+        if name in RESERVED_NAMES:
+            raise ConfigError(
+                f"{source}: data.eval: the set name {name!r} is reserved (verify.mean.acc "
+                "averages the sets); give the set another name"
+            )
+        if names.count(name) > 1:
+            raise ConfigError(
+                f"{source}: data.eval: two sets are named {name!r}; give them distinct names "
+                "({path: ..., name: ...})"
+            )
+    if data.threshold_from is not None and data.threshold_from not in names:
+        raise ConfigError(
+            f"{source}: data.threshold_from: {data.threshold_from!r} is not an evaluation set "
+            f"(sets: {', '.join(names)})"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -40,23 +41,55 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold ``<database>.lock`` beside an SQLite store (no lock for other stores).
+
+    MLflow creates and migrates a new SQLite store in the first process that opens it; two
+    processes doing so at once race in the migration and the second dies ("Online migration
+    expected to match one row ... 0 found"). Taken around the store's creation and the
+    experiment's, it lets any number of runs start at once on a new checkout."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield
+        return
+    lock = Path(uri[len(prefix) :]).with_name(Path(uri[len(prefix) :]).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def open_store(uri: str | None = None) -> Any:
+    """``mlflow``, pointed at ``uri`` (default :func:`tracking_uri`), its store created (and
+    migrated) under :func:`store_lock`; MLflow then keeps the store for this process."""
+    _quiet()
+    import mlflow
+
+    uri = uri or tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    with store_lock(uri):
+        mlflow.search_experiments(max_results=1)
+    return mlflow
+
+
 class Tracker:
     """Connects to the tracking store and opens runs; checked before any training starts."""
 
     def __init__(self, experiment: str) -> None:
-        _quiet()
-        import mlflow
-
-        self.mlflow = mlflow
         self.uri = tracking_uri()
-        mlflow.set_tracking_uri(self.uri)
         try:
-            exp = mlflow.get_experiment_by_name(experiment)
-            if exp is None:
-                location = None
-                if self.uri.startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ:
-                    location = (DEFAULT_STORE / "artifacts").resolve().as_uri()
-                mlflow.create_experiment(experiment, artifact_location=location)
+            self.mlflow = mlflow = open_store(self.uri)
+            with store_lock(self.uri):  # two new runs must not both create the experiment
+                exp = mlflow.get_experiment_by_name(experiment)
+                if exp is None:
+                    location = None
+                    if self.uri.startswith("sqlite:") and "MLFLOW_TRACKING_URI" not in os.environ:
+                        location = (DEFAULT_STORE / "artifacts").resolve().as_uri()
+                    mlflow.create_experiment(experiment, artifact_location=location)
             self.experiment_id = mlflow.set_experiment(experiment).experiment_id
         except Exception as exc:  # noqa: BLE001 - any backend failure means: do not start
             raise TrackingError(f"MLflow tracking at {self.uri} is not usable: {exc}") from exc
@@ -169,10 +202,10 @@ def pending_outboxes(folder: Path) -> list[Path]:
 def send_all(outboxes: list[Path]) -> int:
     """Send every outbox to the tracking server (``MLFLOW_TRACKING_URI`` or the embedded
     store); raises :class:`TrackingError` naming the file when the server does not answer."""
-    _quiet()
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        mlflow = open_store()
+    except Exception as exc:  # noqa: BLE001 - the server does not answer
+        raise TrackingError(f"MLflow tracking at {tracking_uri()} is not usable: {exc}") from exc
     sent = 0
     for outbox in outboxes:
         try:
@@ -228,7 +261,7 @@ class StageRun:
                 f.write(json.dumps(entry) + "\n")
             if not self._warned:
                 self._warned = True
-                from pipelines import logs
+                from pipelines.core import logs
 
                 print(
                     f"warning: the tracking server does not answer ({type(exc).__name__}); "

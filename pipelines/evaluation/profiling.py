@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipelines.config import ConfigError
+from pipelines.core.config import ConfigError
 
 
 def count_flops(model: nn.Module, size: int = 112) -> int:

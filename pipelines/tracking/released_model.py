@@ -7,6 +7,6 @@ released flatbuffer's sha256 and the thread count come from the model's ``model_
 
 import mlflow
 
-from pipelines.pyfunc_model import LceFaceEmbedder
+from pipelines.tracking.pyfunc_model import LceFaceEmbedder
 
 mlflow.models.set_model(LceFaceEmbedder())

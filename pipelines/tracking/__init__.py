@@ -1,0 +1,1 @@
+"""MLflow: the store and runs, compare rows and the Pareto front, releases and bundles, pyfunc."""
