@@ -34,6 +34,8 @@ class VerificationCallback(pl.Callback):
         self.every, self.model_attr = every, model_attr
         self.last: dict[str, float] = {}
         self.last_epoch = -1
+        # receives (optimiser steps so far, metrics) after every evaluation: a learning curve
+        self.on_result: Callable[[int, dict[str, float]], None] | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
@@ -48,6 +50,8 @@ class VerificationCallback(pl.Callback):
         self.last = evaluate_sets(torch_embed_fn(model), self.sets, self.threshold)
         self.last_epoch = epoch
         model.train(was_training)
+        if self.on_result is not None:
+            self.on_result(int(module.global_step), self.last)
         return self.last
 
 

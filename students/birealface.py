@@ -6,6 +6,10 @@ as QuickNet's stem), three stages of Bi-Real-style residual blocks
 shortcut), full-precision transitions (2x2 max-pool + 1x1 conv) and a full-precision
 global-depthwise embedding head as in MobileFaceNet. Every binary convolution is LCE-fusable
 (see ``students.layers``).
+
+ReActNet options (default off, so existing checkpoints load unchanged): ``rsign`` learns a
+threshold per channel before each binary conv's sign, ``rprelu`` makes each block's PReLU an
+RPReLU (the stem keeps its PReLUs).
 """
 
 from __future__ import annotations
@@ -14,18 +18,27 @@ import torch
 from torch import nn
 
 from students.heads import EmbeddingHead
-from students.layers import BinaryConv2d, SamePadConv2d
+from students.layers import BinaryConv2d, SamePadConv2d, check_rsign, prelu
 from students.registry import register_student
 
 
 class BinaryResidualBlock(nn.Module):
     """x + BN(BinaryConv3x3(x)), then PReLU."""
 
-    def __init__(self, channels: int, pad_value: float = 1.0, binary: bool = True) -> None:
+    def __init__(
+        self,
+        channels: int,
+        pad_value: float = 1.0,
+        binary: bool = True,
+        rsign: bool = False,
+        rprelu: bool = False,
+    ) -> None:
         super().__init__()
-        self.conv = BinaryConv2d(channels, channels, 3, pad_value=pad_value, binary=binary)
+        self.conv = BinaryConv2d(
+            channels, channels, 3, pad_value=pad_value, binary=binary, rsign=rsign
+        )
         self.bn = nn.BatchNorm2d(channels)
-        self.act = nn.PReLU(channels, init=0.25)
+        self.act = prelu(channels, rprelu, init=0.25)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(x + self.bn(self.conv(x)))
@@ -53,6 +66,8 @@ class BiRealFace(nn.Module):
         pad_value: float = 1.0,
         binary: bool = True,
         dropout: float = 0.0,
+        rsign: bool = False,
+        rprelu: bool = False,
     ) -> None:
         super().__init__()
         self.embedding_size = embedding_size
@@ -72,10 +87,14 @@ class BiRealFace(nn.Module):
             if i > 0:
                 stages.append(Transition(channels, channels * 2))
                 channels *= 2
-            stages.extend(BinaryResidualBlock(channels, pad_value, binary) for _ in range(depth))
+            stages.extend(
+                BinaryResidualBlock(channels, pad_value, binary, rsign, rprelu)
+                for _ in range(depth)
+            )
         self.stages = nn.Sequential(*stages)
         size = 28 // 2 ** (len(depths) - 1)
         self.head = EmbeddingHead(channels, size, embedding_size, dropout)
+        check_rsign(self, rsign)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
@@ -89,6 +108,12 @@ def birealface(
     pad_value: float = 1.0,
     binary: bool = True,
     dropout: float = 0.0,
+    rsign: bool = False,
+    rprelu: bool = False,
 ) -> BiRealFace:
-    """BiRealFace with ``width`` channels after the stem, doubling at each of the stages."""
-    return BiRealFace(width, tuple(depths), embedding_size, pad_value, binary, dropout)
+    """BiRealFace with ``width`` channels after the stem, doubling at each of the stages;
+    ``rsign`` / ``rprelu``: ReActNet's RSign and RPReLU (``rsign`` needs a binary block: it is
+    refused with ``depths`` all 0)."""
+    return BiRealFace(
+        width, tuple(depths), embedding_size, pad_value, binary, dropout, rsign, rprelu
+    )

@@ -18,6 +18,13 @@ input channels per group, and BatchNorm after the convolution folds into the op.
 Training-only choices (the straight-through estimator of the sign, the multi-stage switches
 ``binarize_activations`` / ``binarize_weights``) change gradients or the training forward,
 never the exported graph.
+
+ReActNet (Liu et al. 2020) options: ``BinaryConv2d(rsign=True)`` subtracts a learned
+per-channel threshold before the sign (:class:`RSign`); :class:`RPReLU` shifts a PReLU's input
+and output. RSign exports as a float ``Sub`` of a constant right before the binarizer; LCE
+still fuses ``GreaterEqual -> Select -> Conv2D`` behind it into ``LceQuantize`` +
+``LceBconv2d`` and keeps the ``SUB`` as a float op (checked by ``tests/test_reactnet.py``), so
+no export pass folds it anywhere.
 """
 
 from __future__ import annotations
@@ -145,6 +152,44 @@ def sign_activation(ste: str = "clipped") -> nn.Module:
     return nn.Sequential(SignGradient(ste), quant)
 
 
+def _per_channel(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (C,) parameter shaped to broadcast over the channels of an (N, C, ...) tensor."""
+    return p.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class RSign(nn.Module):
+    """ReActNet's learnable threshold: ``x - beta`` per channel (beta starts at 0), applied
+    before the sign, so each channel learns where it flips."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.beta = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - _per_channel(self.beta, x)
+
+
+class RPReLU(nn.PReLU):
+    """ReActNet's RPReLU: ``PReLU(x - gamma) + zeta`` per channel (gamma, zeta start at 0).
+
+    A subclass of ``nn.PReLU``: the slope keeps the name ``weight``, so a PReLU's weights load
+    into it (``gamma`` and ``zeta`` are the only new keys).
+    """
+
+    def __init__(self, num_parameters: int, init: float = 0.25) -> None:
+        super().__init__(num_parameters, init)
+        self.gamma = nn.Parameter(torch.zeros(num_parameters))
+        self.zeta = nn.Parameter(torch.zeros(num_parameters))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x - _per_channel(self.gamma, x)) + _per_channel(self.zeta, x)
+
+
+def prelu(channels: int, rprelu: bool = False, init: float = 0.25) -> nn.PReLU:
+    """A PReLU, or ReActNet's RPReLU when ``rprelu`` (same ``weight``, plus gamma and zeta)."""
+    return RPReLU(channels, init) if rprelu else nn.PReLU(channels, init)
+
+
 class BinaryConv2d(nn.Module):
     """1-bit activations and 1-bit weights: sign(x) -> pad -> conv (stride 1).
 
@@ -153,7 +198,9 @@ class BinaryConv2d(nn.Module):
     ``ste``, ``weight_clip`` and ``weight_scale``: see :func:`sign_activation` and
     :func:`weight_quantizer`. ``binarize_activations`` / ``binarize_weights`` switch the two
     binarizers off for multi-stage training (full precision -> binary activations -> both);
-    the exported model always has both on.
+    the exported model always has both on. ``rsign``: ReActNet's learned threshold
+    (:class:`RSign`, ``sign(x - beta)``; the float twin has the same ``beta``:
+    ``hardtanh(x - beta)``).
     """
 
     def __init__(
@@ -168,6 +215,7 @@ class BinaryConv2d(nn.Module):
         weight_clip: float | None = 1.0,
         weight_scale: str = "const",
         lce_groups: bool = True,
+        rsign: bool = False,
     ) -> None:
         super().__init__()
         if groups > 1 and binary and lce_groups and (in_channels // groups) % LCE_GROUP_CHANNELS:
@@ -184,6 +232,8 @@ class BinaryConv2d(nn.Module):
         self.pad_value = pad_value
         self.binarize_activations = True
         self.binarize_weights = True
+        # absent unless asked for: the state dicts of existing checkpoints stay as they are
+        self.rsign: RSign | None = RSign(in_channels) if rsign else None
         self.act: nn.Module = sign_activation(ste) if binary else nn.Hardtanh()
         self.pad = nn.ConstantPad2d(pad, pad_value) if pad and pad_value == 1.0 else nn.Identity()
         conv_pad = pad if pad_value == 0.0 else 0
@@ -204,6 +254,8 @@ class BinaryConv2d(nn.Module):
         nn.init.uniform_(self.conv.weight, -0.05, 0.05)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rsign is not None:
+            x = self.rsign(x)
         if not self.binary or (self.binarize_activations and self.binarize_weights):
             return self.conv(self.pad(self.act(x)))
         x = self.act(x) if self.binarize_activations else F.hardtanh(x)
@@ -227,6 +279,48 @@ def set_binarization(model: nn.Module, activations: bool, weights: bool) -> int:
 def binary_convs(model: nn.Module) -> list[str]:
     """Qualified names of the binarized convolutions of a model, in registration order."""
     return [name for name, m in model.named_modules() if isinstance(m, BinaryConv2d) and m.binary]
+
+
+def check_rsign(model: nn.Module, rsign: bool) -> None:
+    """Refuse ``rsign=True`` on a model with no binary activations.
+
+    "No binary activations" means no ``BinaryConv2d`` at all, i.e. no layer whose input the
+    1-bit build binarizes (e.g. ``birealface(depths=(0,))``, ``mobilefacenet_1bit(
+    binary_pointwise=())``): there is no sign for RSign to shift. A float twin
+    (``binary=False``) is not such a model: its ``BinaryConv2d`` layers stand for binary ones
+    and keep RSign's ``beta`` (as ``hardtanh(x - beta)``) so that weights transfer.
+    """
+    if rsign and not any(isinstance(m, BinaryConv2d) for m in model.modules()):
+        raise ValueError(
+            f"rsign=True needs binary activations, but this {type(model).__name__} has no "
+            "BinaryConv2d layer (no sign for RSign's threshold to shift)"
+        )
+
+
+class ExplicitPadConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with PyTorch's symmetric zero padding, spelled as an explicit ``Pad``
+    without the bottom/right rows and columns the stride never reaches.
+
+    Same output as ``nn.Conv2d(..., padding=p)`` (and the same parameter names, so a float
+    model's weights load as they are), but on even input sizes a stride-2 conv then pads
+    top/left only: LCE's converter keeps that padding (it rewrites *symmetric* padding of
+    strided convs as SAME, i.e. bottom/right, which shifts the result by a pixel).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for n, k, s, p in zip(
+            (int(x.shape[-1]), int(x.shape[-2])),
+            self.kernel_size[::-1],
+            self.stride[::-1],
+            self.padding[::-1],
+            strict=True,
+        ):
+            out = (n + 2 * p - k) // s + 1
+            pads += [p, max((out - 1) * s + k - n - p, 0)]
+        if any(pads):
+            x = F.pad(x, pads)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class SamePadConv2d(nn.Sequential):

@@ -9,6 +9,10 @@ the sections run at 28, 14, 7 and 3 px (the stride-1 max-pool trims a pixel), wh
 the seed paper's Table 2 counts. The ImageNet classifier is replaced by a face embedding head
 (ReLU, then MobileFaceNet's global depthwise conv + linear, float).
 
+ReActNet options (default off): ``rsign`` learns a threshold per channel before each binary
+conv's sign (also in the attention projections), ``rprelu`` replaces each block's ReLU by an
+RPReLU (slope 0.25 at start; transitions and head keep their ReLU).
+
 Difference to the original: latent weights are clipped at ``weight_clip`` (larq-zoo: 1.25) but
 the activation's straight-through window is |x| <= 1 (larq-zoo: 1.25), because Brevitas ties the
 activation clamp to the output scale, which must stay 1 for LCE's fusion.
@@ -22,17 +26,19 @@ import torch
 from torch import nn
 
 from students.heads import EmbeddingHead
-from students.layers import BinaryConv2d, SamePadConv2d
+from students.layers import BinaryConv2d, RPReLU, SamePadConv2d, check_rsign
 from students.registry import register_student
 
 
 class QuickNetBlock(nn.Module):
-    """x + BN(ReLU(BinaryConv3x3(x)))."""
+    """x + BN(ReLU(BinaryConv3x3(x))); RPReLU instead of ReLU when ``rprelu``."""
 
-    def __init__(self, channels: int, binary: bool = True, **binary_args: Any) -> None:
+    def __init__(
+        self, channels: int, binary: bool = True, rprelu: bool = False, **binary_args: Any
+    ) -> None:
         super().__init__()
         self.conv = BinaryConv2d(channels, channels, 3, pad_value=1.0, binary=binary, **binary_args)
-        self.act = nn.ReLU()
+        self.act: nn.Module = RPReLU(channels) if rprelu else nn.ReLU()
         self.bn = nn.BatchNorm2d(channels, momentum=0.1, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,9 +82,12 @@ class QuickNet(nn.Module):
         binary: bool = True,
         dropout: float = 0.0,
         attention: tuple[int, ...] = (),
+        rsign: bool = False,
+        rprelu: bool = False,
         **binary_args: Any,
     ) -> None:
         super().__init__()
+        binary_args["rsign"] = rsign
         if len(section_filters) != len(section_blocks):
             raise ValueError("section_filters and section_blocks need the same length")
         c0 = section_filters[0]
@@ -100,13 +109,16 @@ class QuickNet(nn.Module):
             if filters != channels:
                 layers.append(QuickNetTransition(channels, filters))
                 channels, size = filters, -(-(size - 1) // 2)
-            layers.extend(QuickNetBlock(channels, binary, **binary_args) for _ in range(blocks))
+            layers.extend(
+                QuickNetBlock(channels, binary, rprelu, **binary_args) for _ in range(blocks)
+            )
             if i in attention:
                 from students.attention import BinaryAdditiveAttention
 
                 layers.append(BinaryAdditiveAttention(channels, binary=binary, **binary_args))
         self.sections = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.ReLU(), EmbeddingHead(channels, size, embedding_size, dropout))
+        check_rsign(self, rsign)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.sections(self.stem(x)))

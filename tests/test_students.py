@@ -24,6 +24,7 @@ ZOO = [
     "binarydensenet28",
     "binarydensenet37",
     "binarydensenet45",
+    "mobilefacenet_1bit",
 ]
 
 

@@ -15,9 +15,11 @@ if TYPE_CHECKING:
     from faces.verification_sets import SetSpec
 
 
-STAGE_ORDER = ("teacher", "distill", "export", "evaluate", "privacy")
-DEFAULT_STAGES = STAGE_ORDER[:4]  # ``privacy`` is optional: it trains attacks for minutes
-StageName = Literal["teacher", "distill", "export", "evaluate", "privacy"]
+STAGE_ORDER = ("teacher", "twin", "distill", "export", "evaluate", "privacy")
+# ``twin`` joins when distill.control or distill.init asks for it; ``privacy`` is optional: it
+# trains attacks for minutes
+DEFAULT_STAGES = ("teacher", "distill", "export", "evaluate")
+StageName = Literal["teacher", "twin", "distill", "export", "evaluate", "privacy"]
 
 
 class ConfigError(ValueError):
@@ -218,7 +220,29 @@ class DistillConfig(Section):
     # ``cached``: the teacher's targets computed once into an fp16 memory map on disk;
     # ``online``: the teacher runs inside every training step
     teacher_targets: Literal["cached", "online"] = "cached"
+    # ``twin``: the float twin (the student with ``binary: false``) trained in stage ``twin``
+    # with the same recipe, data and budget; its accuracy is logged beside the student's and
+    # ``distill.binarization_cost`` = twin minus student on every evaluation set
+    control: Literal["twin"] | None = None
+    # the 1-bit student's latent weights at the start: ``twin``, the distilled float twin's
+    # (two-step training: Real-to-Binary, ReActNet); ``teacher``, the teacher's own weights
+    # (a student built on the teacher's topology, e.g. mobilefacenet_1bit)
+    init: Literal["twin", "teacher"] | None = None
     train: DistillTrainConfig = DistillTrainConfig()
+
+    def uses_twin(self) -> bool:
+        """Whether the ``twin`` stage must run before this student."""
+        return "twin" in (self.control, self.init)
+
+    @model_validator(mode="after")
+    def _twin_of_a_binary_student(self) -> DistillConfig:
+        if self.uses_twin() and self.args.get("binary", True) is False:
+            key = "control" if self.control == "twin" else "init"
+            raise ValueError(
+                f"distill.{key}: twin needs a 1-bit student, but distill.args.binary is false "
+                "(the student is already the float twin)"
+            )
+        return self
 
     @field_validator("losses")
     @classmethod
@@ -328,6 +352,8 @@ class PipelineConfig(Section):
 
     @model_validator(mode="after")
     def _stage_order(self) -> PipelineConfig:
+        if self.distill.uses_twin() and "distill" in self.stages and "twin" not in self.stages:
+            self.stages.insert(self.stages.index("distill"), "twin")  # distill.control/init
         order = [STAGE_ORDER.index(s) for s in self.stages]
         if order != sorted(order) or len(set(order)) != len(order):
             raise ValueError(f"stages must be distinct and in the order {list(STAGE_ORDER)}")

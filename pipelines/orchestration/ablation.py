@@ -18,6 +18,7 @@ variant, after the variant's own keys.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -106,11 +107,11 @@ def expand_ablation(
     return result
 
 
-def _link_teacher(variant_dir: Path, shared: Path, log: Any) -> None:
-    """``<variant>/teacher`` -> the shared teacher stage folder (a relative symlink)."""
+def _link_stage(variant_dir: Path, stage: str, shared: Path, log: Any) -> None:
+    """``<variant>/<stage>`` -> a stage folder shared by variants (a relative symlink)."""
     variant_dir.mkdir(parents=True, exist_ok=True)
     shared.mkdir(parents=True, exist_ok=True)
-    link = variant_dir / "teacher"
+    link = variant_dir / stage
     if link.is_symlink():
         if link.resolve() == shared.resolve():
             return
@@ -119,6 +120,19 @@ def _link_teacher(variant_dir: Path, shared: Path, log: Any) -> None:
         log(f"note: {link} is a folder of its own, not shared with the other variants")
         return
     link.symlink_to(os.path.relpath(shared, variant_dir), target_is_directory=True)
+
+
+def _twin_key(config: PipelineConfig) -> str:
+    """What makes two variants' float twins the same: their settings, data, seed, teacher."""
+    from pipelines.orchestration.stages import TwinStage
+
+    key = [
+        TwinStage().settings(config),
+        config.data.model_dump(),
+        config.pipeline.seed,
+        _teacher_key(config),
+    ]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def run_ablation(
@@ -141,7 +155,9 @@ def run_ablation(
         log(f"=== variant {v.name} ({v.config.pipeline.name}) ===")
         out = v.config.output_dir()
         if v.shares_teacher:
-            _link_teacher(out, base_out / "teacher", log)
+            _link_stage(out, "teacher", base_out / "teacher", log)
+        if "twin" in v.config.stages:  # variants that start from the same twin train it once
+            _link_stage(out, "twin", base_out / f"twin-{_twin_key(v.config)}", log)
         orch = Orchestrator(v.config, log=log)
         data_key = json.dumps(
             [v.config.data.model_dump(), v.config.pipeline.seed], sort_keys=True, default=str
@@ -189,6 +205,9 @@ def result_row(v: Variant, records: dict[str, dict[str, Any]], eval_name: str) -
         "acc_std": e.get(f"{key}.acc_std"),
         "pytorch_acc": d.get(f"{key}.acc"),
         "pytorch_acc_std": d.get(f"{key}.acc_std"),
+        "twin_acc": d.get(f"twin.{key}.acc"),
+        "twin_acc_std": d.get(f"twin.{key}.acc_std"),
+        "binarization_cost": d.get("distill.binarization_cost"),
         "train_images": d.get("train.images"),
         "images_seen": d.get("train.images_seen"),
         "steps": d.get("train.steps"),
@@ -204,17 +223,24 @@ def _pm(acc: float | None, std: float | None) -> str:
 def ablation_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of the variants, as in docs/methods.md."""
     eval_set = next((r["eval_set"] for r in rows if r.get("eval_set")), "?")
+    twins = any(r.get("twin_acc") is not None for r in rows)  # distill.control: twin
+    twin_head = " float twin acc (PyTorch) | binarization cost (pt) |" if twins else ""
     lines = [
-        f"| variant | method | {eval_set} acc (LCE, 10-fold) | PyTorch acc | "
+        f"| variant | method | {eval_set} acc (LCE, 10-fold) | PyTorch acc |{twin_head} "
         "images seen | training images | distill min |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|" + ("---|---|" if twins else ""),
     ]
     for r in rows:
         seen = "-" if r["images_seen"] is None else f"{r['images_seen']:,.0f}"
         n = "-" if r["train_images"] is None else f"{r['train_images']:,.0f}"
         minutes = "-" if r["distill_minutes"] is None else f"{r['distill_minutes']:.1f}"
+        twin = ""
+        if twins:
+            cost = r.get("binarization_cost")
+            cost_text = "-" if cost is None else f"{100 * cost:+.1f}"
+            twin = f" {_pm(r.get('twin_acc'), r.get('twin_acc_std'))} | {cost_text} |"
         lines.append(
             f"| {r['variant']} | {r['method']} | {_pm(r['acc'], r['acc_std'])} | "
-            f"{_pm(r['pytorch_acc'], r['pytorch_acc_std'])} | {seen} | {n} | {minutes} |"
+            f"{_pm(r['pytorch_acc'], r['pytorch_acc_std'])} |{twin} {seen} | {n} | {minutes} |"
         )
     return "\n".join(lines)

@@ -112,7 +112,7 @@ class Orchestrator:
     def _upstream_hashes(self, name: str, produced: dict[str, dict[str, Any]]) -> dict[str, str]:
         stage = self.stages[name]
         hashes = {}
-        for art in stage.needs:
+        for art in stage.inputs_needed(self.config):
             if art not in produced:
                 owner = next((s for s in STAGE_ORDER if art in self.stages[s].produces), "?")
                 raise ConfigError(

@@ -20,7 +20,7 @@ from faces.data import FaceDataError
 from faces.evaluate import EmbedFn, set_scores, sets_metrics, torch_embed_fn
 from faces.verification import roc_curve, save_roc_plot
 from pipelines.core.artifacts import atomic_write_json, load_model, save_model
-from pipelines.core.config import PipelineConfig
+from pipelines.core.config import ConfigError, PipelineConfig
 from pipelines.evaluation.references import REFERENCES
 from pipelines.tracking.runs import StageRun
 from pipelines.training.data import DataContext
@@ -59,6 +59,10 @@ class Stage(ABC):
     def external_inputs(self, config: PipelineConfig) -> dict[str, str]:
         """Hashes of files named in the config (not produced by a stage)."""
         return {}
+
+    def inputs_needed(self, config: PipelineConfig) -> tuple[str, ...]:
+        """The artifacts of earlier stages this stage takes, for this configuration."""
+        return self.needs
 
     @abstractmethod
     def run(self, ctx: StageContext) -> StageResult:
@@ -204,102 +208,238 @@ class DistillStage(Stage):
     of the training images, or both. Unlabelled images (``distill.unlabelled``, label -1) join
     the batches only when some loss is label-free. Without a loss that uses the teacher the
     student trains alone (method ``none``): the teacher artifact then only gives the default
-    embedding size.
+    embedding size. ``distill.init`` starts it from the float twin's or the teacher's weights;
+    ``distill.control: twin`` logs the twin's accuracy beside its own and the cost of
+    binarization on every set.
     """
 
     name = "distill"
     needs = ("teacher",)
     produces = ("student",)
 
+    def settings(self, config: PipelineConfig) -> dict[str, Any]:
+        s = config.distill.model_dump()
+        for key in ("control", "init"):  # unset: the fingerprints of earlier runs stay valid
+            if s[key] is None:
+                del s[key]
+        return s
+
+    def inputs_needed(self, config: PipelineConfig) -> tuple[str, ...]:
+        return ("teacher", "twin", "twin_metrics") if config.distill.uses_twin() else self.needs
+
     def run(self, ctx: StageContext) -> StageResult:
-        from distill.losses import (
-            LossContext,
-            label_free,
-            uses_bank,
-            uses_centres,
-            uses_teacher,
-        )
-        from distill.module import Distiller, class_centres_of_map
-        from pipelines.training.fit import fit
-        from students.registry import create_student
-
         cfg = ctx.config.distill
-        teacher, _ = load_model(ctx.inputs["teacher"])
-        with torch.no_grad():
-            embedding = teacher.eval()(torch.zeros(2, 3, 112, 112)).shape[1]
-        args = dict(cfg.args)
-        if args.setdefault("embedding_size", embedding) != embedding and uses_teacher(cfg.losses):
-            raise ValueError(
-                f"distill.args.embedding_size={args['embedding_size']} but the "
-                f"teacher's embeddings have {embedding} dimensions"
-            )
-        student = create_student(cfg.student, **args)
-        data = ctx.data
-        n_labelled = len(data.train_source[1])
-        num_classes = len(data.train_index.identities)
-        unlabelled = cfg.unlabelled if label_free(cfg.losses) else []
-        if cfg.unlabelled and not unlabelled:
-            print("note: distill.unlabelled is not used: every loss needs labels")
-        dataset = data.training_faces(unlabelled, augment=data.augment_mode)
-        need_teacher = uses_teacher(cfg.losses)
-        needs_map = need_teacher and (
-            cfg.teacher_targets == "cached" or uses_centres(cfg.losses) or uses_bank(cfg.losses)
-        )
-        if data.cfg.loader == "dali" and need_teacher and cfg.teacher_targets == "cached":
-            raise FaceDataError(
-                "data.loader: dali gives no image positions for cached teacher targets; "
-                "set distill.teacher_targets: online (the teacher runs in the training step)"
-            )
-        targets = _target_map(ctx, teacher, embedding) if needs_map else None
-        context = LossContext(args["embedding_size"], num_classes)
-        if uses_centres(cfg.losses):
-            context.centres, context.spread = class_centres_of_map(
-                targets, dataset.labels[:n_labelled], num_classes, _teacher_head(ctx)
-            )
-        if uses_bank(cfg.losses):
-            context.bank = _bank(targets, len(dataset), ctx.config.pipeline.seed)
-        module = Distiller(
-            student,
-            teacher if need_teacher else None,
-            cfg.losses,
-            cfg.train.lr,
-            cfg.train.weight_decay,
-            targets if cfg.teacher_targets == "cached" else None,
-            context,
-            optimizer=getattr(cfg.train, "optimizer", "adam"),
-            schedule=getattr(cfg.train, "schedule", "linear"),
-            warmup_epochs=getattr(cfg.train, "warmup_epochs", 0.0),
-            momentum=getattr(cfg.train, "momentum", 0.9),
-            batch_augment=data.augment_mode == "batch",
-        )
-        share = cfg.train.labelled_share
-        sampler = None
-        if share is not None and len(dataset) > n_labelled:
-            from faces.streaming import EpochSampler
-
-            sampler = EpochSampler(
-                len(dataset), cfg.train.batch_size, ctx.config.pipeline.seed, n_labelled, share
-            )
-        elif share is not None:
-            print("note: distill.train.labelled_share is not used: no unlabelled faces in training")
-        metrics = fit(
-            module,
-            dataset,
-            cfg.train,
-            data,
-            ctx.stage_dir,
-            ctx.run.metrics,
-            ctx.config.pipeline.seed,
-            sampler,
-        )
+        twin_state = None
+        if cfg.init == "twin":
+            twin_state = torch.load(ctx.inputs["twin"], map_location="cpu", weights_only=True)
+            twin_state = twin_state["state_dict"]
+        student, args, metrics, curve = _train_student(ctx, binary=True, twin_state=twin_state)
         out = save_model(ctx.stage_dir / "student.pt", "student", cfg.student, args, student)
-        metrics["model.params"] = float(count_params(student))
-        metrics["train.images"] = float(len(dataset))
-        metrics["train.labelled_images"] = float(n_labelled)
-        steps, world = _steps_and_world_size(module, ctx.stage_dir, cfg.train)
-        metrics["train.steps"] = float(steps)
-        metrics["train.images_seen"] = float(steps * cfg.train.batch_size * world)
-        return StageResult({"student": out}, metrics)
+        outputs: dict[str, Path] = {"student": out}
+        if cfg.control == "twin":
+            twin = json.loads(Path(ctx.inputs["twin_metrics"]).read_text())
+            metrics.update(binarization_cost(metrics, twin["metrics"], ctx.data.eval_names))
+            curves = {"1-bit student": curve, "float twin": twin["curve"]}
+        else:
+            curves = {"1-bit student": curve}
+        outputs["learning_curve"] = _learning_curve_png(ctx, curves)
+        return StageResult(outputs, metrics)
+
+
+class TwinStage(DistillStage):
+    """The float twin of the student (``binary: false``: same layers, hardtanh for sign, float
+    weights), trained with the student's recipe, data and budget; the control that separates
+    the cost of binarization from the cost of the budget (``distill.control`` / ``init``)."""
+
+    name = "twin"
+    needs = ("teacher",)
+    produces = ("twin", "twin_metrics")
+
+    def settings(self, config: PipelineConfig) -> dict[str, Any]:
+        s = config.distill.model_dump()
+        del s["control"]
+        s["init"] = "teacher" if s["init"] == "teacher" else None  # the twin of that start
+        if s["init"] is None:
+            del s["init"]
+        s["args"] = {**s["args"], "binary": False}
+        return s
+
+    def inputs_needed(self, config: PipelineConfig) -> tuple[str, ...]:
+        return self.needs
+
+    def run(self, ctx: StageContext) -> StageResult:
+        cfg = ctx.config.distill
+        twin, args, metrics, curve = _train_student(ctx, binary=False)
+        out = save_model(ctx.stage_dir / "twin.pt", "student", cfg.student, args, twin)
+        summary = ctx.stage_dir / "twin_metrics.json"
+        atomic_write_json(summary, {"metrics": metrics, "curve": curve})
+        png = _learning_curve_png(ctx, {"float twin": curve})
+        return StageResult({"twin": out, "twin_metrics": summary, "learning_curve": png}, metrics)
+
+
+def binarization_cost(
+    student: dict[str, float], twin: dict[str, float], set_names: list[str]
+) -> dict[str, float]:
+    """``twin.verify.<set>.acc`` (and its std), ``distill.binarization_cost.<set>`` = twin
+    minus student accuracy, and ``distill.binarization_cost`` over the sets' mean."""
+    out: dict[str, float] = {}
+    names = [*set_names, "mean"] if len(set_names) > 1 else list(set_names)
+    for name in names:
+        key = f"verify.{name}.acc"
+        if key in twin:
+            out[f"twin.{key}"] = twin[key]
+            if f"verify.{name}.acc_std" in twin:
+                out[f"twin.verify.{name}.acc_std"] = twin[f"verify.{name}.acc_std"]
+        if key in twin and key in student:
+            out[f"distill.binarization_cost.{name}"] = twin[key] - student[key]
+    main = "mean" if len(set_names) > 1 else set_names[0]
+    if f"distill.binarization_cost.{main}" in out:
+        out["distill.binarization_cost"] = out[f"distill.binarization_cost.{main}"]
+    return out
+
+
+def _learning_curve_png(ctx: StageContext, curves: dict[str, Any]) -> Path:
+    """The stage's learning curve(s): ``learning_curve.json`` beside ``learning_curve.png``."""
+    from pipelines.evaluation.learning_curve import plot_curves
+
+    atomic_write_json(ctx.stage_dir / "learning_curve.json", curves)
+    title = f"{ctx.config.distill.student}: held-out accuracy against images seen"
+    return plot_curves(curves, ctx.data.eval_names, ctx.stage_dir / "learning_curve.png", title)
+
+
+def _train_student(
+    ctx: StageContext, binary: bool, twin_state: dict[str, torch.Tensor] | None = None
+) -> tuple[nn.Module, dict[str, Any], dict[str, float], list[dict[str, float]]]:
+    """Build and train the student (``binary``) or its float twin with ``distill.*``; returns
+    the model, the arguments it was built with, the stage's metrics and its learning curve."""
+    from distill.losses import (
+        LossContext,
+        label_free,
+        uses_bank,
+        uses_centres,
+        uses_teacher,
+    )
+    from distill.module import Distiller, class_centres_of_map
+    from pipelines.evaluation.learning_curve import read_curve
+    from pipelines.training.fit import CURVE_FILE, fit
+    from students.registry import create_student
+
+    cfg = ctx.config.distill
+    teacher, _ = load_model(ctx.inputs["teacher"])
+    with torch.no_grad():
+        embedding = teacher.eval()(torch.zeros(2, 3, 112, 112)).shape[1]
+    args = dict(cfg.args)
+    if args.setdefault("embedding_size", embedding) != embedding and uses_teacher(cfg.losses):
+        raise ValueError(
+            f"distill.args.embedding_size={args['embedding_size']} but the "
+            f"teacher's embeddings have {embedding} dimensions"
+        )
+    if not binary:
+        args["binary"] = False
+    student = create_student(cfg.student, **args)
+    if cfg.init == "teacher":
+        _init_from_teacher(student, teacher, cfg.student)
+    elif twin_state is not None:
+        _init_from_twin(student, twin_state)
+    data = ctx.data
+    n_labelled = len(data.train_source[1])
+    num_classes = len(data.train_index.identities)
+    unlabelled = cfg.unlabelled if label_free(cfg.losses) else []
+    if cfg.unlabelled and not unlabelled:
+        print("note: distill.unlabelled is not used: every loss needs labels")
+    dataset = data.training_faces(unlabelled, augment=data.augment_mode)
+    need_teacher = uses_teacher(cfg.losses)
+    needs_map = need_teacher and (
+        cfg.teacher_targets == "cached" or uses_centres(cfg.losses) or uses_bank(cfg.losses)
+    )
+    if data.cfg.loader == "dali" and need_teacher and cfg.teacher_targets == "cached":
+        raise FaceDataError(
+            "data.loader: dali gives no image positions for cached teacher targets; "
+            "set distill.teacher_targets: online (the teacher runs in the training step)"
+        )
+    targets = _target_map(ctx, teacher, embedding) if needs_map else None
+    context = LossContext(args["embedding_size"], num_classes)
+    if uses_centres(cfg.losses):
+        context.centres, context.spread = class_centres_of_map(
+            targets, dataset.labels[:n_labelled], num_classes, _teacher_head(ctx)
+        )
+    if uses_bank(cfg.losses):
+        context.bank = _bank(targets, len(dataset), ctx.config.pipeline.seed)
+    module = Distiller(
+        student,
+        teacher if need_teacher else None,
+        cfg.losses,
+        cfg.train.lr,
+        cfg.train.weight_decay,
+        targets if cfg.teacher_targets == "cached" else None,
+        context,
+        optimizer=getattr(cfg.train, "optimizer", "adam"),
+        schedule=getattr(cfg.train, "schedule", "linear"),
+        warmup_epochs=getattr(cfg.train, "warmup_epochs", 0.0),
+        momentum=getattr(cfg.train, "momentum", 0.9),
+        batch_augment=data.augment_mode == "batch",
+    )
+    share = cfg.train.labelled_share
+    sampler = None
+    if share is not None and len(dataset) > n_labelled:
+        from faces.streaming import EpochSampler
+
+        sampler = EpochSampler(
+            len(dataset), cfg.train.batch_size, ctx.config.pipeline.seed, n_labelled, share
+        )
+    elif share is not None:
+        print("note: distill.train.labelled_share is not used: no unlabelled faces in training")
+    metrics = fit(
+        module,
+        dataset,
+        cfg.train,
+        data,
+        ctx.stage_dir,
+        ctx.run.metrics,
+        ctx.config.pipeline.seed,
+        sampler,
+    )
+    metrics["model.params"] = float(count_params(student))
+    metrics["train.images"] = float(len(dataset))
+    metrics["train.labelled_images"] = float(n_labelled)
+    steps, world = _steps_and_world_size(module, ctx.stage_dir, cfg.train)
+    metrics["train.steps"] = float(steps)
+    metrics["train.images_seen"] = float(steps * cfg.train.batch_size * world)
+    return student, args, metrics, read_curve(ctx.stage_dir / "checkpoints" / CURVE_FILE)
+
+
+def _init_from_twin(student: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """The distilled float twin's weights as the 1-bit student's latent weights."""
+    own = student.state_dict()
+    for key, value in own.items():
+        if key not in state:
+            raise ConfigError(
+                f"distill.init: twin: the twin has no {key!r} (its layers: "
+                f"{', '.join(list(state)[:8])}, ...)"
+            )
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ConfigError(
+                f"distill.init: twin: {key!r} is {tuple(state[key].shape)} in the twin, "
+                f"{tuple(value.shape)} in the student"
+            )
+    student.load_state_dict({k: state[k] for k in own})
+
+
+def _init_from_teacher(student: nn.Module, teacher: nn.Module, name: str) -> None:
+    """The teacher's weights as the student's latent weights (a student on its topology)."""
+    import students
+
+    init = getattr(students, "init_from_teacher", None)
+    try:
+        copied = init(student, teacher.state_dict()) if init else []
+    except ValueError as exc:
+        raise ConfigError(f"distill.init: teacher: {exc}") from None
+    if not copied:
+        raise ConfigError(
+            f"distill.init: teacher: student {name!r} takes no weights from the teacher "
+            f"{type(teacher).__name__} (a student on the teacher's topology does: "
+            "mobilefacenet_1bit for mobilefacenet)"
+        )
 
 
 def _steps_and_world_size(module: Any, stage_dir: Path, train: Any) -> tuple[int, int]:
@@ -607,7 +747,14 @@ def _privacy_targets(ctx: StageContext) -> Any:
 
 STAGES: dict[str, Stage] = {
     s.name: s
-    for s in (TeacherStage(), DistillStage(), ExportStage(), EvaluateStage(), PrivacyStage())
+    for s in (
+        TeacherStage(),
+        TwinStage(),
+        DistillStage(),
+        ExportStage(),
+        EvaluateStage(),
+        PrivacyStage(),
+    )
 }
 
 

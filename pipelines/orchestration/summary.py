@@ -107,8 +107,28 @@ def summary_table(records: dict[str, dict[str, Any]], eval_names: str | list[str
         ("LceBconv2d coverage", "", "", _fmt(x.get("export.bconv_coverage"), ".2f"), *blank),
         ("cosine min PyTorch/LCE", "", "", _fmt(x.get("export.cosine_min"), ".5f"), *blank),
         ("acc LCE - PyTorch (pt)", "", "", _fmt(acc_delta_pt(records, names), "+.2f"), *blank),
+        *_twin_rows(records, names, len(refs)),
     ]
     return _render(rows)
+
+
+def _twin_rows(
+    records: dict[str, dict[str, Any]], names: list[str], n_refs: int
+) -> list[tuple[str, ...]]:
+    """With ``distill.control: twin``: the float twin's accuracy (same recipe, data, budget)
+    under the student's PyTorch column, and the cost of binarization in points."""
+    d = records.get("distill", {}).get("metrics", {})
+    if "distill.binarization_cost" not in d:
+        return []
+    blank = ("",) * (n_refs + 1)
+    rows = []
+    for n in [*names, "mean"] if len(names) > 1 else names:
+        acc = d.get(f"twin.verify.{n}.acc")
+        label = f"float twin {n} acc" if len(names) > 1 else "float twin acc (same budget)"
+        rows.append((label, "", _fmt(acc, ".4f"), *blank))
+    cost = 100 * d["distill.binarization_cost"]
+    rows.append(("binarization cost (pt)", "", _fmt(cost, "+.2f"), *blank))
+    return rows
 
 
 REFERENCE_COLUMNS = {
@@ -193,7 +213,7 @@ def run_summary(
     for key, value in records.get("distill", {}).get("metrics", {}).items():
         if key.startswith("verify."):
             metrics[f"pytorch.{key}"] = value
-        elif key == "model.params":
+        elif key.startswith(("twin.verify.", "distill.binarization_cost")) or key == "model.params":
             metrics[key] = value
     for stage in ("export", "evaluate", "privacy"):
         for key, value in records.get(stage, {}).get("metrics", {}).items():

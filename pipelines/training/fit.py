@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -167,6 +168,8 @@ def fit(
         data.eval_sets, every=cfg.eval_every, threshold=data.far_threshold
     )
     ckpt_dir = stage_dir / "checkpoints"
+    if distributed_worker_rank() == 0:  # beside the checkpoints: kept on resume, not otherwise
+        verification.on_result = CurveRecorder(ckpt_dir / CURVE_FILE, cfg.batch_size, module)
     for stale in ckpt_dir.glob(".*.tmp"):  # a write cut short by a killed process
         stale.unlink()
     checkpoint = ModelCheckpoint(
@@ -220,6 +223,27 @@ def fit(
     if verification.last_epoch != trainer.current_epoch:  # stopped by max_time, or resumed
         sink(verification.evaluate(module, trainer.current_epoch), trainer.current_epoch)
     return verification.last
+
+
+CURVE_FILE = "learning_curve.jsonl"
+
+
+class CurveRecorder:
+    """Appends each evaluation (steps, images seen, metrics) as a JSON line: the learning curve
+    that :mod:`pipelines.evaluation.learning_curve` reads and draws."""
+
+    def __init__(self, path: Path, batch_size: int, module: pl.LightningModule) -> None:
+        self.path, self.batch_size, self.module = path, batch_size, module
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        try:
+            world = int(self.module.trainer.world_size)
+        except RuntimeError:  # not attached yet: the evaluation before training
+            world = 1
+        entry = {"step": step, "images_seen": step * self.batch_size * world, **metrics}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
 
 
 def _resume_point(last: Path, sampler: EpochSampler) -> str:
