@@ -8,7 +8,6 @@ names and checks need no image decoded (:class:`pipelines.training.data.DataCont
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from faces.evaluate import FarThreshold
 from faces.pairs_file import is_generic_pairs_file, parse_pairs_file
 from faces.verification_sets import SetSpec, default_set_name
 from pipelines.core.config import DataConfig, eval_specs
+from teachers.checkpoint import sha256_file
 
 
 def far_threshold(data: DataConfig) -> FarThreshold | None:
@@ -37,23 +37,15 @@ def csv_identities(pairs_file: str | Path) -> set[str]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _set_fingerprint(spec: SetSpec, manifest: str = "cache") -> dict[str, Any]:
     path = Path(spec.path)
     if path.is_file():
-        return {"path": str(path.resolve()), "sha256": _sha256(path)}
+        return {"path": str(path.resolve()), "sha256": sha256_file(path)}
     listing = listing_fingerprint(path, manifest=manifest)
     out: dict[str, Any] = {"path": str(path.resolve()), "listing": listing}
     if spec.pairs_file:
         pairs = Path(spec.pairs_file)
-        out["pairs_file"] = {"path": str(pairs.resolve()), "sha256": _sha256(pairs)}
+        out["pairs_file"] = {"path": str(pairs.resolve()), "sha256": sha256_file(pairs)}
     return out
 
 

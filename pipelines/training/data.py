@@ -49,6 +49,7 @@ from faces.transforms import IMAGE_SIZE, fill_black_border
 from faces.verification_sets import SetSpec, VerificationSet, load_verification_sets
 from pipelines.core.config import PipelineConfig, eval_specs, set_names
 from pipelines.evaluation.sets import eval_fingerprint, eval_identities, far_threshold
+from teachers.checkpoint import sha256_file
 
 
 def image_files_under(folders: list[str]) -> list[Path]:
@@ -72,21 +73,13 @@ def chunked_fingerprint(root: str | Path) -> dict[str, str]:
     """Hashes of a chunked set's index, labels and people (its chunks are not read)."""
     from faces.chunks import LABELS, META
 
-    return {name: _sha256(Path(root) / name) for name in ("index.json", LABELS, META)}
+    return {name: sha256_file(Path(root) / name) for name in ("index.json", LABELS, META)}
 
 
 def is_recordio(path: str | Path) -> bool:
     """Whether ``path`` is a RecordIO training folder (``train.rec`` and ``train.idx``)."""
     p = Path(path)
     return (p / "train.rec").is_file() and (p / "train.idx").is_file()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def recordio_fingerprint(root: str | Path) -> dict[str, Any]:
@@ -99,7 +92,7 @@ def recordio_fingerprint(root: str | Path) -> dict[str, Any]:
             st = p.stat()
             out[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
             if name != "train.rec":
-                out[name]["sha256"] = _sha256(p)
+                out[name]["sha256"] = sha256_file(p)
     return out
 
 
