@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.features import feature_losses
 from distill.losses import LossContext, WeightedLoss
 from faces.callbacks import check_finite
 from faces.transforms import augment, normalise
@@ -161,6 +162,11 @@ class Distiller(pl.LightningModule):
         if self.teacher is not None:
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
+        self.features = feature_losses(self.loss)
+        if self.features and self.teacher is None:
+            raise ValueError("feature distillation (fitnet, attention_transfer) needs the teacher")
+        for loss in self.features:  # checks the layer names, builds adapters, hooks the maps
+            loss.attach(self.model, self.teacher)
         self.lr, self.weight_decay = lr, weight_decay
         self.optimizer_name, self.schedule = optimizer, schedule
         self.warmup_epochs, self.momentum = warmup_epochs, momentum
@@ -177,11 +183,11 @@ class Distiller(pl.LightningModule):
         x, index, labels, mirror = self._inputs(batch)
         target = None
         if self.loss.uses_teacher:
-            if self.cached is not None:
-                target = self.cached[index.cpu(), mirror.cpu().long()].to(self.device)
-            else:
+            if self.features or self.cached is None:  # the hooks keep the teacher's maps
                 with torch.no_grad():
                     target = self.teacher(x)
+            if self.cached is not None:
+                target = self.cached[index.cpu(), mirror.cpu().long()].to(self.device)
         emb = self.model(x)
         with torch.autocast(emb.device.type, enabled=False):  # losses in float32 under AMP
             teacher_emb = None if target is None else target.float()
@@ -191,6 +197,10 @@ class Distiller(pl.LightningModule):
         for name, value in parts.items():
             self.log(f"train.loss_{name}", value, on_step=False, on_epoch=True, sync_dist=True)
         return total
+
+    def on_train_end(self) -> None:
+        for loss in self.features:  # the trained student leaves without hooks
+            loss.release()
 
     def _inputs(
         self, batch: Any

@@ -319,6 +319,7 @@ def _train_student(
         uses_centres,
         uses_teacher,
     )
+    from distill.features import FeatureLayerError
     from distill.module import Distiller, class_centres_of_map
     from pipelines.evaluation.learning_curve import read_curve
     from pipelines.training.fit import CURVE_FILE, fit
@@ -365,20 +366,23 @@ def _train_student(
         )
     if uses_bank(cfg.losses):
         context.bank = _bank(targets, len(dataset), ctx.config.pipeline.seed)
-    module = Distiller(
-        student,
-        teacher if need_teacher else None,
-        cfg.losses,
-        cfg.train.lr,
-        cfg.train.weight_decay,
-        targets if cfg.teacher_targets == "cached" else None,
-        context,
-        optimizer=getattr(cfg.train, "optimizer", "adam"),
-        schedule=getattr(cfg.train, "schedule", "linear"),
-        warmup_epochs=getattr(cfg.train, "warmup_epochs", 0.0),
-        momentum=getattr(cfg.train, "momentum", 0.9),
-        batch_augment=data.augment_mode == "batch",
-    )
+    try:  # feature losses check their layer names against both models here
+        module = Distiller(
+            student,
+            teacher if need_teacher else None,
+            cfg.losses,
+            cfg.train.lr,
+            cfg.train.weight_decay,
+            targets if cfg.teacher_targets == "cached" else None,
+            context,
+            optimizer=getattr(cfg.train, "optimizer", "adam"),
+            schedule=getattr(cfg.train, "schedule", "linear"),
+            warmup_epochs=getattr(cfg.train, "warmup_epochs", 0.0),
+            momentum=getattr(cfg.train, "momentum", 0.9),
+            batch_augment=data.augment_mode == "batch",
+        )
+    except FeatureLayerError as exc:
+        raise ConfigError(str(exc)) from None
     share = cfg.train.labelled_share
     sampler = None
     if share is not None and len(dataset) > n_labelled:
