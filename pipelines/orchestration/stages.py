@@ -312,6 +312,7 @@ def _train_student(
 ) -> tuple[nn.Module, dict[str, Any], dict[str, float], list[dict[str, float]]]:
     """Build and train the student (``binary``) or its float twin with ``distill.*``; returns
     the model, the arguments it was built with, the stage's metrics and its learning curve."""
+    from distill.features import FeatureLayerError
     from distill.losses import (
         LossContext,
         label_free,
@@ -319,7 +320,6 @@ def _train_student(
         uses_centres,
         uses_teacher,
     )
-    from distill.features import FeatureLayerError
     from distill.module import Distiller, class_centres_of_map
     from pipelines.evaluation.learning_curve import read_curve
     from pipelines.training.fit import CURVE_FILE, fit
