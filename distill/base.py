@@ -40,7 +40,6 @@ class DistillLoss(nn.Module, ABC):
     uses_labels: ClassVar[bool] = False
     uses_centres: ClassVar[bool] = False
     uses_bank: ClassVar[bool] = False
-    uses_features: ClassVar[bool] = False  # intermediate maps (distill.features)
 
     def bind(self, context: LossContext) -> None:
         """Build what depends on the data (class heads); called once before training."""

@@ -19,6 +19,7 @@ does not have is refused with the layers it does have and their output shapes.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -67,7 +68,7 @@ class FeatureLayerError(ValueError):
 class FeatureLoss(DistillLoss):
     """Base of the feature losses: pairs of layers, hooks that keep their outputs."""
 
-    uses_features: ClassVar[bool] = True
+    registered_name: ClassVar[str] = "feature"  # the loss key named in errors
 
     def __init__(self, layers: dict[str, str] | list[list[str]] | None = None) -> None:
         super().__init__()
@@ -81,7 +82,7 @@ class FeatureLoss(DistillLoss):
                 f"(names of model.named_modules()), got {layers!r}"
             )
         self.pairs = [(str(s), str(t)) for s, t in pairs]
-        self._maps: dict[str, dict[str, torch.Tensor]] = {"student": {}, "teacher": {}}
+        self._maps: dict[str, dict[int, torch.Tensor]] = {"student": {}, "teacher": {}}
         self._handles: list[Any] = []
         self.teacher_shapes: list[tuple] = []
         self.student_shapes: list[tuple] = []
@@ -127,8 +128,9 @@ class FeatureLoss(DistillLoss):
     def build(self, student_shapes: list[tuple], teacher_shapes: list[tuple]) -> None:
         """Build what depends on the maps' shapes (adapters)."""
 
+    @abstractmethod
     def pair_loss(self, i: int, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Layer pair ``i``: the student map ``s`` (teacher-sized) against the teacher's ``t``."""
 
     def forward(
         self, student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None
@@ -149,8 +151,6 @@ class FeatureLoss(DistillLoss):
                 s = F.adaptive_avg_pool2d(s, t.shape[-2:])
             total = total + self.pair_loss(i, s, t)
         return total / len(self.pairs)
-
-    registered_name: ClassVar[str] = "feature"
 
 
 @DISTILL_LOSSES.register("fitnet")
