@@ -11,6 +11,7 @@ another teacher or data set is refused and rebuilt. Training reads the rows of e
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -27,6 +28,7 @@ from faces.transforms import normalise
 
 META = "targets.json"
 ROWS = "targets.f16"
+LOCK = ".targets.lock"
 FORMAT_VERSION = 1
 
 
@@ -99,6 +101,31 @@ def build_target_map(
     """
     log = log or (lambda m: print(m, flush=True))  # standard error goes to the run's log
     folder.mkdir(parents=True, exist_ok=True)
+    # Two runs sharing a stage cache (ablation variants started together) would both fill
+    # the same map; the second waits for the first and then finds it finished.
+    with open(folder / LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another process building the distillation targets in {folder}")
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or the process dies
+        return _build_locked(
+            folder, key, teacher, images, dim, batch_size, num_workers, device, chunk_seconds, log
+        )
+
+
+def _build_locked(
+    folder: Path,
+    key: str,
+    teacher: nn.Module,
+    images: Dataset,
+    dim: int,
+    batch_size: int,
+    num_workers: int,
+    device: str | torch.device | None,
+    chunk_seconds: float,
+    log: Callable[[str], None],
+) -> TargetMap:
     n = len(images)
     shape = [n, 2, dim]
     meta = _read_meta(folder)

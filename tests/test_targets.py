@@ -104,3 +104,31 @@ def test_class_centres_read_in_chunks_equal_the_in_memory_ones(tmp_path: Path) -
         want_c, want_s = class_centres(targets.rows(0, N), labels, 5, head)
         torch.testing.assert_close(centres, want_c)
         torch.testing.assert_close(spread, want_s)
+
+
+def test_a_second_builder_waits_for_the_first_and_reuses_its_map(tmp_path: Path) -> None:
+    import fcntl
+    import threading
+
+    from distill.targets import LOCK
+
+    faces, _ = _faces()
+    first = build_target_map(tmp_path, "k1", _Teacher(), faces, DIM, batch_size=8)
+    messages: list[str] = []
+    teacher = _Teacher()
+    with open(tmp_path / LOCK, "w") as held:  # another process is building the map
+        fcntl.flock(held, fcntl.LOCK_EX)
+        worker = threading.Thread(
+            target=build_target_map,
+            args=(tmp_path, "k1", teacher, faces, DIM),
+            kwargs={"batch_size": 8, "log": messages.append},
+        )
+        worker.start()
+        worker.join(timeout=1.0)
+        assert worker.is_alive()  # blocked on the lock, not building beside it
+    worker.join(timeout=30)
+    assert not worker.is_alive() and teacher.seen == 0  # then found the finished map
+    assert any("waiting for another process" in m for m in messages)
+    assert torch.equal(
+        first.rows(0, N), build_target_map(tmp_path, "k1", teacher, faces, DIM).rows(0, N)
+    )
