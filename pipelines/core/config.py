@@ -189,6 +189,11 @@ class DistillTrainConfig(TrainConfig):
     momentum: float = Field(0.9, ge=0, lt=1)
     float_epochs: int = Field(0, ge=0)
     binary_activation_epochs: int = Field(0, ge=0)
+    # speed (distill.acceleration; measured by benchmarks/train_speed.py): ``precision: auto``
+    # is bf16-mixed on CPUs with native bf16; ``compile: auto`` compiles the student for
+    # runs of 300 steps or more where a C++ compiler exists
+    channels_last: bool = True
+    compile: bool | Literal["auto"] = "auto"
 
     @model_validator(mode="after")
     def _binary_stage_left(self) -> DistillTrainConfig:

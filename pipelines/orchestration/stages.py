@@ -201,6 +201,18 @@ class TeacherStage(Stage):
         )
 
 
+# how fast, not what: switches that leave the result equal up to rounding stay out of the
+# stage fingerprint, so turning them on or off reuses a cached stage
+SPEED_KEYS = ("channels_last", "compile")
+
+
+def _distill_settings(config: PipelineConfig) -> dict[str, Any]:
+    s = config.distill.model_dump()
+    for key in SPEED_KEYS:
+        s["train"].pop(key, None)
+    return s
+
+
 class DistillStage(Stage):
     """Train the binarized student (Lightning, Brevitas) with the weighted ``distill.losses``.
 
@@ -218,7 +230,7 @@ class DistillStage(Stage):
     produces = ("student",)
 
     def settings(self, config: PipelineConfig) -> dict[str, Any]:
-        s = config.distill.model_dump()
+        s = _distill_settings(config)
         for key in ("control", "init"):  # unset: the fingerprints of earlier runs stay valid
             if s[key] is None:
                 del s[key]
@@ -256,7 +268,7 @@ class TwinStage(DistillStage):
     produces = ("twin", "twin_metrics")
 
     def settings(self, config: PipelineConfig) -> dict[str, Any]:
-        s = config.distill.model_dump()
+        s = _distill_settings(config)
         del s["control"]
         s["init"] = "teacher" if s["init"] == "teacher" else None  # the twin of that start
         if s["init"] is None:
@@ -312,6 +324,7 @@ def _train_student(
 ) -> tuple[nn.Module, dict[str, Any], dict[str, float], list[dict[str, float]]]:
     """Build and train the student (``binary``) or its float twin with ``distill.*``; returns
     the model, the arguments it was built with, the stage's metrics and its learning curve."""
+    from distill.acceleration import resolve_compile
     from distill.features import FeatureLayerError
     from distill.losses import (
         LossContext,
@@ -380,6 +393,8 @@ def _train_student(
             warmup_epochs=getattr(cfg.train, "warmup_epochs", 0.0),
             momentum=getattr(cfg.train, "momentum", 0.9),
             batch_augment=data.augment_mode == "batch",
+            channels_last=cfg.train.channels_last,
+            compile_student=resolve_compile(cfg.train.compile, _planned_steps(cfg.train, dataset)),
         )
     except FeatureLayerError as exc:
         raise ConfigError(str(exc)) from None
@@ -410,6 +425,12 @@ def _train_student(
     metrics["train.steps"] = float(steps)
     metrics["train.images_seen"] = float(steps * cfg.train.batch_size * world)
     return student, args, metrics, read_curve(ctx.stage_dir / "checkpoints" / CURVE_FILE)
+
+
+def _planned_steps(train: Any, dataset: Any) -> int:
+    """Steps the distillation will take (one process): epochs of full batches, or max_steps."""
+    steps = train.epochs * (len(dataset) // train.batch_size)
+    return min(steps, train.max_steps) if train.max_steps else steps
 
 
 def _init_from_twin(student: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -20,7 +20,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from faces.callbacks import MetricsCallback, MetricSink, VerificationCallback
 from faces.progress import on_terminal, progress_callbacks
 from faces.streaming import EpochSampler, TrainingFaces
-from pipelines.core.config import TrainConfig
+from pipelines.core.config import DistillTrainConfig, TrainConfig
 from pipelines.training.data import DataContext
 from pipelines.training.loading import (
     LoaderPosition,
@@ -88,10 +88,10 @@ class RNGStateCallback(pl.Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    return "16-mixed" if torch.cuda.is_available() else "32-true"
+def _precision(cfg: TrainConfig) -> str:
+    from distill.acceleration import resolve_precision
+
+    return resolve_precision(cfg.precision, distillation=isinstance(cfg, DistillTrainConfig))
 
 
 def _schedule_callbacks(cfg: TrainConfig) -> list[pl.Callback]:
@@ -189,7 +189,7 @@ def fit(
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
-        precision=_precision(cfg.precision),
+        precision=_precision(cfg),
         gradient_clip_val=cfg.grad_clip,
         logger=False,
         enable_model_summary=False,
