@@ -135,22 +135,15 @@ def _twin_key(config: PipelineConfig) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def run_ablation(
-    path: str | os.PathLike,
-    overrides: list[str] | None = None,
-    only: list[str] | None = None,
-    force: bool = False,
-    log: Any = print,
-) -> list[dict[str, Any]]:
-    """Run every variant; returns one result row per variant (also written as JSON/Markdown)."""
-    from pipelines.core import logs
+def run_variants(
+    variants: list[Variant], base_out: Path, force: bool = False, log: Any = print
+) -> list[tuple[Variant, dict[str, dict[str, Any]], str]]:
+    """Run each variant's pipeline in turn (teacher, twins and decoded data shared under
+    ``base_out``); returns each variant with its stage records and its main evaluation set."""
     from pipelines.orchestration.orchestrator import Orchestrator
 
-    variants = expand_ablation(path, overrides, only)
-    base_out = variants[0].config.output_dir().parent
-    logs.to_folder(base_out)  # the variants' library logs: <base>/facekd.log
     shared_data: dict[str, Any] = {}
-    rows = []
+    done = []
     for v in variants:
         log(f"=== variant {v.name} ({v.config.pipeline.name}) ===")
         out = v.config.output_dir()
@@ -170,7 +163,27 @@ def run_ablation(
         else:
             records = orch.run(force=force)
         names = orch.data.eval_names
-        rows.append(result_row(v, records, names[0] if len(names) == 1 else "mean"))
+        done.append((v, records, names[0] if len(names) == 1 else "mean"))
+    return done
+
+
+def run_ablation(
+    path: str | os.PathLike,
+    overrides: list[str] | None = None,
+    only: list[str] | None = None,
+    force: bool = False,
+    log: Any = print,
+) -> list[dict[str, Any]]:
+    """Run every variant; returns one result row per variant (also written as JSON/Markdown)."""
+    from pipelines.core import logs
+
+    variants = expand_ablation(path, overrides, only)
+    base_out = variants[0].config.output_dir().parent
+    logs.to_folder(base_out)  # the variants' library logs: <base>/facekd.log
+    rows = [
+        result_row(v, records, eval_name)
+        for v, records, eval_name in run_variants(variants, base_out, force, log)
+    ]
     # variants run by earlier invocations (``--variants``) keep their rows, in file order
     summary = base_out / "ablation.json"
     earlier = json.loads(summary.read_text()) if summary.is_file() else []
