@@ -27,6 +27,9 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # planned steps from which ``compile: auto`` compiles: about a minute of compilation on one
 # core against 0.2-0.4 s saved per step of 64 (benchmarks/train_speed.py)
 COMPILE_MIN_STEPS = 300
+# students whose compiled step benchmarks/train_speed.py measured faster than the eager bf16
+# step (BiRealFace 1.7x; QuickNet-small's was 0.9x, so it stays eager unless compile: true)
+COMPILE_FASTER = frozenset({"birealface"})
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,11 +67,16 @@ def compiler_available() -> bool:
     return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++"))
 
 
-def resolve_compile(setting: bool | str, planned_steps: int) -> bool:
+def resolve_compile(setting: bool | str, planned_steps: int, student: str) -> bool:
     """``train.compile``: ``true``/``false`` as given (``true`` without a C++ compiler is a
-    warning and eager training); ``auto`` compiles from ``COMPILE_MIN_STEPS`` planned steps."""
+    warning and eager training); ``auto`` compiles a student of ``COMPILE_FASTER`` from
+    ``COMPILE_MIN_STEPS`` planned steps."""
     if setting == "auto":
-        return planned_steps >= COMPILE_MIN_STEPS and compiler_available()
+        return (
+            student in COMPILE_FASTER
+            and planned_steps >= COMPILE_MIN_STEPS
+            and compiler_available()
+        )
     if setting and not compiler_available():
         warnings.warn(
             "distill.train.compile: true, but no C++ compiler (g++, clang++) was found for "

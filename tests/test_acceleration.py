@@ -40,13 +40,15 @@ def test_auto_precision(monkeypatch, setting, distillation, cuda, bf16, expected
 
 def test_compile_auto_needs_a_long_run_and_a_compiler(monkeypatch) -> None:
     monkeypatch.setattr(acc, "compiler_available", lambda: True)
-    assert not acc.resolve_compile("auto", acc.COMPILE_MIN_STEPS - 1)
-    assert acc.resolve_compile("auto", acc.COMPILE_MIN_STEPS)
-    assert acc.resolve_compile(True, 1) and not acc.resolve_compile(False, 10**6)
+    assert not acc.resolve_compile("auto", acc.COMPILE_MIN_STEPS - 1, "birealface")
+    assert acc.resolve_compile("auto", acc.COMPILE_MIN_STEPS, "birealface")
+    assert not acc.resolve_compile("auto", 10**6, "quicknet_small")  # measured slower compiled
+    assert acc.resolve_compile(True, 1, "quicknet_small")
+    assert not acc.resolve_compile(False, 10**6, "birealface")
     monkeypatch.setattr(acc, "compiler_available", lambda: False)
-    assert not acc.resolve_compile("auto", 10**6)
+    assert not acc.resolve_compile("auto", 10**6, "birealface")
     with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
-        assert not acc.resolve_compile(True, 10**6)
+        assert not acc.resolve_compile(True, 10**6, "birealface")
 
 
 def test_a_failed_compilation_trains_eager_and_says_why(monkeypatch) -> None:

@@ -394,7 +394,9 @@ def _train_student(
             momentum=getattr(cfg.train, "momentum", 0.9),
             batch_augment=data.augment_mode == "batch",
             channels_last=cfg.train.channels_last,
-            compile_student=resolve_compile(cfg.train.compile, _planned_steps(cfg.train, dataset)),
+            compile_student=resolve_compile(
+                cfg.train.compile, _planned_steps(cfg.train, dataset), cfg.student
+            ),
         )
     except FeatureLayerError as exc:
         raise ConfigError(str(exc)) from None
