@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -27,11 +28,14 @@ class VerificationCallback(pl.Callback):
         every: int = 1,
         model_attr: str = "model",
         threshold: FarThreshold | None = None,
+        every_steps: int | None = None,
     ) -> None:
         if not sets:
             raise ValueError("VerificationCallback needs at least one verification set")
         self.sets, self.threshold = list(sets), threshold
         self.every, self.model_attr = every, model_attr
+        self.every_steps = every_steps
+        self._scored: tuple[int, dict[str, float]] | None = None  # (step, metrics) last scored
         self.last: dict[str, float] = {}
         self.last_epoch = -1
         # receives (optimiser steps so far, metrics) after every evaluation: a learning curve
@@ -43,16 +47,35 @@ class VerificationCallback(pl.Callback):
             return
         self.evaluate(module, epoch)
 
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any
+    ) -> None:
+        step = int(trainer.global_step)
+        if not self.every_steps or step % self.every_steps:
+            return
+        if 0 < trainer.max_steps <= step:
+            return  # the end of training is evaluated anyway
+        self._score(module)  # a point of the learning curve, not an epoch's result
+
     def evaluate(self, module: pl.LightningModule, epoch: int) -> dict[str, float]:
         """Verification metrics of the module's model now; remembered as the last result."""
+        step = int(module.global_step)
+        if self._scored is not None and self._scored[0] == step:
+            self.last = self._scored[1]  # this step's batch end scored it already
+        else:
+            self.last = self._score(module)
+        self.last_epoch = epoch
+        return self.last
+
+    def _score(self, module: pl.LightningModule) -> dict[str, float]:
         model = getattr(module, self.model_attr)
         was_training = model.training
-        self.last = evaluate_sets(torch_embed_fn(model), self.sets, self.threshold)
-        self.last_epoch = epoch
+        metrics = evaluate_sets(torch_embed_fn(model), self.sets, self.threshold)
         model.train(was_training)
+        self._scored = (int(module.global_step), metrics)
         if self.on_result is not None:
-            self.on_result(int(module.global_step), self.last)
-        return self.last
+            self.on_result(int(module.global_step), metrics)
+        return metrics
 
 
 class MetricsCallback(pl.Callback):

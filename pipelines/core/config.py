@@ -155,6 +155,9 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(5.0, gt=0)
     precision: str = "auto"
     eval_every: int = Field(1, ge=1)
+    # also verify every this many steps: learning-curve points (and a sweep's pruning) inside
+    # an epoch
+    eval_every_steps: int | None = Field(None, ge=1)
     max_minutes: float | None = Field(None, gt=0)
     devices: int | str = 1  # Lightning: e.g. 4 GPUs, with strategy: ddp
     num_nodes: int = Field(1, ge=1)

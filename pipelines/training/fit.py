@@ -8,6 +8,8 @@ import os
 import random
 import sys
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -165,11 +167,15 @@ def fit(
         loader = make_loader(dataset, sampler, cfg.batch_size, workers)
         position = LoaderPosition(sampler)
     verification = VerificationCallback(
-        data.eval_sets, every=cfg.eval_every, threshold=data.far_threshold
+        data.eval_sets,
+        every=cfg.eval_every,
+        threshold=data.far_threshold,
+        every_steps=cfg.eval_every_steps,
     )
     ckpt_dir = stage_dir / "checkpoints"
     if distributed_worker_rank() == 0:  # beside the checkpoints: kept on resume, not otherwise
-        verification.on_result = CurveRecorder(ckpt_dir / CURVE_FILE, cfg.batch_size, module)
+        recorder = CurveRecorder(ckpt_dir / CURVE_FILE, cfg.batch_size, module)
+        verification.on_result = _observed(recorder, stage_dir.name)
     for stale in ckpt_dir.glob(".*.tmp"):  # a write cut short by a killed process
         stale.unlink()
     checkpoint = ModelCheckpoint(
@@ -226,6 +232,30 @@ def fit(
 
 
 CURVE_FILE = "learning_curve.jsonl"
+
+EvaluationObserver = Callable[[str, int, dict[str, float]], None]
+_observers: list[EvaluationObserver] = []
+
+
+@contextmanager
+def observing_evaluations(observer: EvaluationObserver) -> Iterator[None]:
+    """Call ``observer(stage, step, metrics)`` after every verification of a training stage
+    in this process (e.g. a sweep reporting to its trial; an exception it raises, such as a
+    pruned trial, ends the training)."""
+    _observers.append(observer)
+    try:
+        yield
+    finally:
+        _observers.remove(observer)
+
+
+def _observed(recorder: CurveRecorder, stage: str) -> Callable[[int, dict[str, float]], None]:
+    def on_result(step: int, metrics: dict[str, float]) -> None:
+        recorder(step, metrics)
+        for observer in list(_observers):
+            observer(stage, step, metrics)
+
+    return on_result
 
 
 class CurveRecorder:
