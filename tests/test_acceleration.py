@@ -109,6 +109,9 @@ def test_speed_switches_stay_out_of_the_stage_fingerprint() -> None:
     assert settings({"compile": False, "channels_last": False}) == settings({})
     assert settings({"compile": True}) == settings({"compile": "auto"})
     assert settings({"lr": 1e-3}) != settings({})  # what is learned still counts
+    # a key added later is left out while unset: stages cached before it stay valid
+    assert "eval_every_steps" not in settings({})[0]["train"]
+    assert settings({"eval_every_steps": 5}) != settings({})
 
 
 @pytest.mark.slow

@@ -224,6 +224,9 @@ class Orchestrator:
                 "facekd.pipeline": self.config.pipeline.name,
                 "facekd.output_dir": out_dir,
                 "facekd.command": " ".join(sys.argv),
+                # at the start, so that a run that never finishes (a pruned sweep trial) is
+                # already nested and labelled (mlflow.parentRunId)
+                **self.config.pipeline.tags,
             }
             active_path = self.output_dir / ACTIVE
             interrupted = _read_json(active_path).get("parent_run_id")

@@ -122,6 +122,7 @@ class TeacherStage(Stage):
 
     def settings(self, config: PipelineConfig) -> dict[str, Any]:
         s = config.teacher.model_dump()
+        _train_settings(s["train"])
         if config.teacher.checkpoint:
             s.pop("train")  # a pretrained teacher is not trained
             s["checkpoint"] = str(Path(config.teacher.checkpoint).resolve())
@@ -206,10 +207,23 @@ class TeacherStage(Stage):
 SPEED_KEYS = ("channels_last", "compile")
 
 
+# training keys added after stages were cached: left out while unset, so that those caches
+# stay valid
+UNSET_KEYS = ("eval_every_steps",)
+
+
+def _train_settings(train: dict[str, Any]) -> dict[str, Any]:
+    for key in SPEED_KEYS:
+        train.pop(key, None)
+    for key in UNSET_KEYS:
+        if train.get(key) is None:
+            train.pop(key, None)
+    return train
+
+
 def _distill_settings(config: PipelineConfig) -> dict[str, Any]:
     s = config.distill.model_dump()
-    for key in SPEED_KEYS:
-        s["train"].pop(key, None)
+    _train_settings(s["train"])
     return s
 
 
