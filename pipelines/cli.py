@@ -30,6 +30,7 @@ from pipelines.commands import (  # noqa: E402
     profile,
     release,
     run,
+    sweep,
     sync,
 )
 from pipelines.core import logs  # noqa: E402  (after the TF log setting)
@@ -38,6 +39,7 @@ from pipelines.orchestration.environment import facekd_version  # noqa: E402
 COMMANDS = (
     run,
     ablate,
+    sweep,
     evaluate,
     align,
     compare,
@@ -94,7 +96,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     terminal = logs.terminal()
     try:
-        if args.command in ("run", "ablate"):
+        if args.command in ("run", "ablate", "sweep"):
             every_seconds()  # a bad FACEKD_PROGRESS_SECONDS is refused before anything runs
         return args.func(args)
     except (

@@ -14,6 +14,7 @@ from pipelines.tracking.compare import (
     format_table,
     lower_is_better,
     row_json,
+    study_experiments,
 )
 
 PRIVACY_NOTE = (
@@ -25,9 +26,12 @@ PRIVACY_NOTE = (
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    experiments = args.experiment or ["facekd"]
+    if args.study and not args.experiment:
+        experiments = study_experiments(args.study)
+    else:
+        experiments = args.experiment or ["facekd"]
     rows, metric = compare(
-        experiments, args.metric, Path(args.output), not args.no_log, args.privacy
+        experiments, args.metric, Path(args.output), not args.no_log, args.privacy, args.study
     )
     if args.json:
         out: dict[str, object] = {
@@ -64,6 +68,11 @@ def add_parser(sub: Any) -> None:
         "privacy.<teacher|twin|student>.<attack>.<psnr|ssim|accept> (leakage: lower is "
         "better, sorted lowest first, Pareto front on least leakage and FPS) or "
         "privacy.<model>.templates.<acc|sign_acc>",
+    )
+    p.add_argument(
+        "--study",
+        metavar="NAME",
+        help="only the trials of this `facekd sweep` study (in the experiments that hold them)",
     )
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument(

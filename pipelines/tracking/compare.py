@@ -189,7 +189,24 @@ def row_json(row: CompareRow, privacy: bool = False) -> dict[str, Any]:
     return out
 
 
-def collect_rows(experiments: list[str]) -> list[CompareRow]:
+def study_experiments(study: str) -> list[str]:
+    """The MLflow experiments that hold trials of the sweep study ``study``."""
+    from pipelines.tracking.runs import TrackingError, open_store, tracking_uri
+
+    try:
+        mlflow = open_store()
+        runs = mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string=f"tags.`facekd.sweep.study` = '{study}'",
+            output_format="list",
+        )
+        ids = {r.info.experiment_id for r in runs}
+        return sorted(mlflow.get_experiment(i).name for i in ids)
+    except Exception as exc:  # noqa: BLE001 - any backend failure
+        raise TrackingError(f"MLflow tracking at {tracking_uri()} is not usable: {exc}") from exc
+
+
+def collect_rows(experiments: list[str], study: str | None = None) -> list[CompareRow]:
     """Rows of every finished pipeline run in the named experiments of the tracking store."""
     from pipelines.tracking.runs import TrackingError, open_store, tracking_uri
 
@@ -225,6 +242,8 @@ def collect_rows(experiments: list[str]) -> list[CompareRow]:
         )
         latest: dict[tuple[str, str], Any] = {}  # (output dir, stage) -> latest stage run
         for run in parents:
+            if study is not None and run.data.tags.get("facekd.sweep.study") != study:
+                continue  # --study: the trials of one sweep only
             own = children.get(run.info.run_id, [])
             where = run.data.tags.get("facekd.output_dir", "")
             stages = {c.data.tags["facekd.stage"]: c for c in own}
@@ -480,6 +499,7 @@ def compare(
     output: Path,
     log_to_mlflow: bool = True,
     privacy: bool = False,
+    study: str | None = None,
 ) -> tuple[list[CompareRow], str]:
     """Rows sorted by ``metric`` (best first; least leakage first for privacy leakage
     metrics), Pareto front marked, ``pareto.png`` written; ``privacy``: with the privacy
@@ -488,10 +508,12 @@ def compare(
     The table (JSON and text) and the figure are logged to a ``compare`` run of the first
     experiment (tag ``facekd.kind=comparison``; never itself a row).
     """
-    rows = collect_rows(experiments)
+    rows = collect_rows(experiments, study)
     if not rows:
+        of = f" of sweep study {study!r}" if study else ""
         raise ConfigError(
-            f"no finished pipeline run with an evaluation in experiment(s) {', '.join(experiments)}"
+            f"no finished pipeline run{of} with an evaluation in experiment(s) "
+            f"{', '.join(experiments) or '(none holds its trials)'}"
         )
     metric = metric or default_metric(rows)
     mark_pareto(rows, metric)
