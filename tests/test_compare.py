@@ -294,7 +294,7 @@ def test_compare_command_privacy_flag(monkeypatch, capsys) -> None:
     monkeypatch.setattr(
         command,
         "compare",
-        lambda e, m, o, log, privacy=False: ([row, plain], m or "verify.mean.acc"),
+        lambda e, m, o, log, privacy=False, study=None: ([row, plain], m or "verify.mean.acc"),
     )
     out = "fig.png"  # never written: compare is replaced
     assert main(["compare", "--no-log", "--output", out]) == 0
