@@ -209,3 +209,18 @@ def test_ablation_kd_validates_against_the_real_data(monkeypatch) -> None:
     variants = {v.name: v.config for v in expand_ablation(ABLATION_KD)}
     assert len(variants["cosine"].distill.unlabelled) == 19  # 18,577 unlabelled faces
     assert variants["cosine_labelled_only"].distill.unlabelled == []
+
+
+def test_ablation_recipe_variants_have_twins_and_equal_budgets() -> None:
+    from pipelines.orchestration.ablation import _twin_key
+
+    path = ROOT / "pipelines" / "ablation_recipe.yaml"
+    variants = {v.name: v.config for v in expand_ablation(path, SYNTHETIC)}
+    assert {"today", "react", "init_twin", "react_init_twin", "fitnet"} <= set(variants)
+    for name, c in variants.items():
+        assert c.distill.control == "twin" and "twin" in c.stages, name
+        assert c.distill.train.epochs == 1 and c.distill.train.max_steps is None, name
+    # two-step variants start from the twin of the one-step variant: trained once, shared
+    assert _twin_key(variants["init_twin"]) == _twin_key(variants["today"])
+    assert _twin_key(variants["react_init_twin"]) == _twin_key(variants["react"])
+    assert _twin_key(variants["react"]) != _twin_key(variants["today"])
