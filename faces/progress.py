@@ -139,6 +139,8 @@ class ProgressLines(pl.Callback):
         per_epoch = trainer.num_training_batches
         if math.isfinite(per_epoch):
             self._done_steps = (trainer.current_epoch + 1) * int(per_epoch)
+            if trainer.max_steps > 0:  # a budget of steps ends the epoch early
+                self._done_steps = min(self._done_steps, trainer.max_steps)
         if self._unreported and self.clock() - self._last_line >= self.every_s:
             self._line(trainer, self._done_steps)
 
@@ -157,12 +159,17 @@ class ProgressLines(pl.Callback):
             return
         per_epoch = trainer.num_training_batches
         total = trainer.max_epochs * int(per_epoch) if math.isfinite(per_epoch) else None
-        step = f"step {done}/{total}" if total else f"step {done}"
-        epoch = min(trainer.current_epoch + 1, trainer.max_epochs)
+        if trainer.max_steps > 0:  # distill.train.max_steps: the budget, whichever ends first
+            total = min(total, trainer.max_steps) if total else trainer.max_steps
+        epochs = trainer.max_epochs
         if total and math.isfinite(per_epoch) and per_epoch:
-            epoch = min(max(1, math.ceil(done / int(per_epoch))), trainer.max_epochs)
+            epochs = min(epochs, math.ceil(total / int(per_epoch)))
+        step = f"step {done}/{total}" if total else f"step {done}"
+        epoch = min(trainer.current_epoch + 1, epochs)
+        if total and math.isfinite(per_epoch) and per_epoch:
+            epoch = min(max(1, math.ceil(done / int(per_epoch))), epochs)
         self.write(
-            f"[{self.name}] epoch {epoch}/{trainer.max_epochs}, {step}: "
+            f"[{self.name}] epoch {epoch}/{epochs}, {step}: "
             f"{rate:.0f} images/s, {loss}, ETA {self._eta(now, done, total)}"
         )
 

@@ -30,11 +30,12 @@ class _Tiny(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _fit(callback: pl.Callback, epochs: int = 3) -> None:
+def _fit(callback: pl.Callback, epochs: int = 3, max_steps: int = -1) -> None:
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(32, 4, generator=g), torch.randn(32, generator=g))
     trainer = pl.Trainer(
         max_epochs=epochs,
+        max_steps=max_steps,
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -79,6 +80,13 @@ def test_a_quick_stage_after_a_line_still_ends_with_its_last_line() -> None:
     lines: list[str] = []
     _fit(ProgressLines("fit", every_seconds=1, write=lines.append, clock=_Clock(0.3)), epochs=1)
     assert lines[-1].startswith("[fit] epoch 1/1, step 4/4:"), lines
+
+
+def test_a_budget_of_steps_is_the_total_and_ends_the_count() -> None:
+    # max_steps 6 of 1000 epochs of 4 steps: the lines count to 6 in 2 epochs, not 4000
+    lines: list[str] = []
+    _fit(ProgressLines("fit", every_seconds=30, write=lines.append, clock=_Clock(0.5)), 1000, 6)
+    assert lines[-1].startswith("[fit] epoch 2/2, step 6/6:"), lines
 
 
 def test_eta_is_bounded_by_max_minutes() -> None:
