@@ -204,3 +204,26 @@ def test_two_workers_on_one_sqlite_study_run_disjoint_trials(tmp_path: Path) -> 
     assert len(dirs) == len(set(dirs))  # no two trials in one folder
     workers = {(tmp_path / f"worker{i}.log").read_text().count("=== trial ") for i in range(2)}
     assert all(n >= 1 for n in workers)  # both took trials
+
+
+@pytest.mark.slow
+def test_locked_twins_are_trained_once_and_reused(tmp_path, monkeypatch) -> None:
+    from pipelines.core.config import validate_raw
+    from pipelines.orchestration.ablation import Variant, run_variants
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    raw = tiny_pipeline(
+        **{"stages": ["teacher", "distill"], "distill.control": "twin", "pipeline.name": "lt"}
+    )
+    runs = []
+    for name in ("a", "b"):  # two trials with the same twin
+        raw["pipeline"]["output_dir"] = str(tmp_path / "runs" / name)
+        runs.append(Variant(name, validate_raw(copy.deepcopy(raw), "lt"), True))
+    lines: list[str] = []
+    done = run_variants(runs, tmp_path / "runs", log=lines.append, lock_twins=True)
+    assert all("twin.verify.synthetic.acc" in r["distill"]["metrics"] for _, r, _ in done)
+    assert sum("[twin] running" in line for line in lines) == 1, lines  # trained once
+    assert (tmp_path / "runs" / "b" / "twin").resolve() == (
+        tmp_path / "runs" / "a" / "twin"
+    ).resolve()

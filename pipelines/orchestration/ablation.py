@@ -136,10 +136,19 @@ def _twin_key(config: PipelineConfig) -> str:
 
 
 def run_variants(
-    variants: list[Variant], base_out: Path, force: bool = False, log: Any = print
+    variants: list[Variant],
+    base_out: Path,
+    force: bool = False,
+    log: Any = print,
+    lock_twins: bool = False,
 ) -> list[tuple[Variant, dict[str, dict[str, Any]], str]]:
     """Run each variant's pipeline in turn (teacher, twins and decoded data shared under
-    ``base_out``); returns each variant with its stage records and its main evaluation set."""
+    ``base_out``); returns each variant with its stage records and its main evaluation set.
+
+    ``lock_twins``: processes running at the same time (sweep workers) train a shared twin
+    once: its stage runs first under a lock on its folder, the others wait and reuse it."""
+    import fcntl
+
     from pipelines.orchestration.orchestrator import Orchestrator
 
     shared_data: dict[str, Any] = {}
@@ -149,13 +158,22 @@ def run_variants(
         out = v.config.output_dir()
         if v.shares_teacher:
             _link_stage(out, "teacher", base_out / "teacher", log)
+        twin = base_out / f"twin-{_twin_key(v.config)}"
         if "twin" in v.config.stages:  # variants that start from the same twin train it once
-            _link_stage(out, "twin", base_out / f"twin-{_twin_key(v.config)}", log)
+            _link_stage(out, "twin", twin, log)
         orch = Orchestrator(v.config, log=log)
         data_key = json.dumps(
             [v.config.data.model_dump(), v.config.pipeline.seed], sort_keys=True, default=str
         )
         orch.data = shared_data.setdefault(data_key, orch.data)  # decoded once
+        if lock_twins and "twin" in v.config.stages and not force:
+            with open(twin.parent / f".{twin.name}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed or the process dies
+                first = v.config.model_copy(deep=True)  # the stages up to the twin
+                first.stages = v.config.stages[: v.config.stages.index("twin") + 1]
+                pre = Orchestrator(first, log=log)
+                pre.data = orch.data
+                pre.run()  # trained here, or found up to date
         stages = v.config.stages
         after_teacher = [s for s in stages if s != "teacher"]
         if force and "teacher" in stages and after_teacher and orch.read_record("teacher"):

@@ -345,7 +345,7 @@ def run_sweep(
 
         try:
             with observing_evaluations(_Pruning(trial, sweep, metric, study)):
-                ((_, records, _),) = run_variants([variant], base_out, log=log)
+                ((_, records, _),) = run_variants([variant], base_out, log=log, lock_twins=True)
             values = _objective_values(sweep, cfg, records)
         except optuna.TrialPruned as exc:
             trial.set_user_attr("minutes", (time.monotonic() - start) / 60)
