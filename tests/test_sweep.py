@@ -159,6 +159,10 @@ def test_a_four_trial_sweep_ends_with_a_front_and_nested_runs(
     assert front_run.info.run_id[:8] in capsys.readouterr().out
 
 
+# one objective the distill stage logs: trials without export and evaluation (faster)
+TRAIN_ONLY = {**SWEEP, "objectives": {"verify.mean.acc": "maximize"}, "pruner": {"name": "none"}}
+
+
 def _sweep_process(tmp_path: Path, log: str) -> subprocess.Popen:
     env = {**os.environ, "FACEKD_PROGRESS_SECONDS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -170,7 +174,7 @@ def _sweep_process(tmp_path: Path, log: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_a_stopped_sweep_resumes_and_ends_with_its_budget(tmp_path: Path) -> None:
-    _write(tmp_path, {**SWEEP, "pruner": {"name": "none"}})
+    _write(tmp_path, TRAIN_ONLY, stages=["teacher", "distill"])
     proc = _sweep_process(tmp_path, "first.log")
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -193,7 +197,7 @@ def test_a_stopped_sweep_resumes_and_ends_with_its_budget(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_two_workers_on_one_sqlite_study_run_disjoint_trials(tmp_path: Path) -> None:
-    _write(tmp_path, {**SWEEP, "pruner": {"name": "none"}})
+    _write(tmp_path, TRAIN_ONLY, stages=["teacher", "distill"])
     procs = [_sweep_process(tmp_path, f"worker{i}.log") for i in range(2)]
     for i, proc in enumerate(procs):
         assert proc.wait(timeout=900) == 0, (tmp_path / f"worker{i}.log").read_text()[-2000:]
