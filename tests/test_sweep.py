@@ -163,8 +163,8 @@ def test_a_four_trial_sweep_ends_with_a_front_and_nested_runs(
 TRAIN_ONLY = {**SWEEP, "objectives": {"verify.mean.acc": "maximize"}, "pruner": {"name": "none"}}
 
 
-def _sweep_process(tmp_path: Path, log: str) -> subprocess.Popen:
-    env = {**os.environ, "FACEKD_PROGRESS_SECONDS": "1"}
+def _sweep_process(tmp_path: Path, log: str, grace_s: int = 60) -> subprocess.Popen:
+    env = {**os.environ, "FACEKD_PROGRESS_SECONDS": "1", "FACEKD_SWEEP_GRACE_S": str(grace_s)}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "sweep", "sweep.yaml"],
@@ -231,3 +231,26 @@ def test_locked_twins_are_trained_once_and_reused(tmp_path, monkeypatch) -> None
     assert (tmp_path / "runs" / "b" / "twin").resolve() == (
         tmp_path / "runs" / "a" / "twin"
     ).resolve()
+
+
+@pytest.mark.slow
+def test_a_killed_workers_trial_is_retried_in_its_folder(tmp_path: Path) -> None:
+    _write(tmp_path, {**TRAIN_ONLY, "budget": {"trials": 2}}, stages=["teacher", "distill"])
+    proc = _sweep_process(tmp_path, "first.log", grace_s=3)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (tmp_path / "runs" / "sw" / "trials" / "trial-0" / "distill").exists():
+            break
+        time.sleep(0.5)
+    proc.kill()  # SIGKILL: no chance to record anything
+    proc.wait(timeout=60)
+    assert any(t["state"] == "RUNNING" for t in _study(tmp_path))
+    time.sleep(4)  # past the grace period: the next worker takes the trial for dead
+    proc = _sweep_process(tmp_path, "second.log", grace_s=3)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-2000:]
+    after = _study(tmp_path)
+    killed = next(t for t in after if t["number"] == 0)
+    assert killed["state"] == "FAIL"  # failed by the heartbeat check, then retried
+    retried = [t for t in after if t["dir"] == killed["dir"] and t["number"] != 0]
+    assert retried and retried[0]["state"] == "COMPLETE"
+    assert sum(t["state"] == "COMPLETE" for t in after) == 2

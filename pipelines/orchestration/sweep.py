@@ -42,7 +42,13 @@ from pipelines.core.config import ConfigError
 from pipelines.core.sweep_config import Sweep, check_pruning, condition_holds, objective_stage
 from pipelines.orchestration.ablation import Variant, _teacher_key, run_variants
 
-HEARTBEAT_S, GRACE_S = 20, 60
+HEARTBEAT_S, GRACE_S = 20, 60  # a worker silent for GRACE_S is taken for dead
+
+
+def _heartbeat() -> tuple[int, int]:
+    """(interval, grace) in seconds; ``FACEKD_SWEEP_GRACE_S`` shortens the grace (tests)."""
+    grace = int(os.environ.get("FACEKD_SWEEP_GRACE_S", GRACE_S))
+    return max(1, min(HEARTBEAT_S, grace // 3)), grace
 
 
 class StorageError(ConfigError):
@@ -80,11 +86,12 @@ def open_storage(url: str) -> Any:
         # (the second dies on alembic_version): creation is serialised
         lock = open(db.with_name(db.name + ".lock"), "w")  # noqa: SIM115 - held below
         fcntl.flock(lock, fcntl.LOCK_EX)
+    interval, grace = _heartbeat()
     try:
         return RDBStorage(
             url,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
+            heartbeat_interval=interval,
+            grace_period=grace,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
         )
     except Exception as exc:  # noqa: BLE001 - a bad URL, a server that does not answer
